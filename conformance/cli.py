@@ -1,0 +1,171 @@
+"""The `conformance` command: list, check, run. Exit 0 conformant, 1 not, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from conformance import tolerances
+from conformance.engine import CellResult, run_cell, run_matrix
+from conformance.results import HEADER, format_cell, summary_line, write_results
+from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
+from impls import Registered, UsageError, registry, resolve
+
+#: Examples per cell for each profile; --examples overrides.
+PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
+DEFAULT_PROFILE = "ci"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, SpecError) as e:
+        print(f"conformance: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="conformance", description=(
+        "Check implementations of neural-network components against the written specs in spec/."))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="components, implementations and their availability")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_list)
+
+    def budget_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--examples", type=int, help="examples per cell (default: from --profile)")
+        sp.add_argument("--profile", choices=sorted(PROFILES),
+                        default=os.environ.get("CONFORMANCE_PROFILE", DEFAULT_PROFILE),
+                        help=f"examples per cell: {', '.join(f'{k}={v}' for k, v in PROFILES.items())} "
+                             f"(default: $CONFORMANCE_PROFILE or {DEFAULT_PROFILE})")
+        sp.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0: runs repeat exactly)")
+
+    ck = sub.add_parser("check", help="check one implementation of one component")
+    ck.add_argument("component", help="a component id, e.g. mha (see 'conformance list')")
+    ck.add_argument("--impl", required=True, help="a registered name, or a plug-in as package.module:attr "
+                                                  "or path/to/file.py:attr")
+    ck.add_argument("--dtype", action="append", help="repeatable; default: every dtype the implementation supports")
+    ck.add_argument("--device", action="append", help="repeatable; default: every device it sees")
+    ck.add_argument("--example", help="replay one example given as JSON (as printed in a failure's repro line)")
+    ck.add_argument("--output", "-o", help="also write the results to this JSON file")
+    budget_args(ck)
+    ck.set_defaults(func=cmd_check)
+
+    rn = sub.add_parser("run", help="the whole matrix: every registered implementation of every component")
+    rn.add_argument("--framework", action="append", help="only implementations in these frameworks (repeatable)")
+    rn.add_argument("--component", action="append", help="only these components (repeatable)")
+    rn.add_argument("--dtype", action="append", help="repeatable; default: every dtype each implementation supports")
+    rn.add_argument("--output", "-o", default="reports/results.json", help="results file (default %(default)s)")
+    budget_args(rn)
+    rn.set_defaults(func=cmd_run)
+    return p
+
+
+def _specs(names: Sequence[str] | None) -> list[Spec]:
+    known = list_components()
+    for n in names or []:
+        if n not in known:
+            raise UsageError(f"unknown component {n!r}; known: {', '.join(known)}")
+    spec_dir = find_spec_dir()
+    return [load_spec(spec_dir / f"{n}.md") for n in (names or known)]
+
+
+def _check_dtypes(dtypes: Sequence[str] | None) -> None:
+    for d in dtypes or []:
+        if d not in tolerances.DTYPES:
+            raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(tolerances.DTYPES)}")
+
+
+def _examples(args: argparse.Namespace) -> int:
+    if args.examples is not None and args.examples < 1:
+        raise UsageError(f"--examples must be at least 1, got {args.examples}")
+    return args.examples or PROFILES[args.profile]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    components = list_components()
+    impls = registry()
+    rows = []
+    for r in impls:
+        row: dict[str, Any] = {"component": r.component, "name": r.name, "framework": r.framework,
+                               "source": r.source, "target": r.target}
+        reason = r.unavailable_reason() if r.component != "?" else r.source
+        row["available"] = reason is None
+        row["reason"] = reason
+        row["dtypes"] = list(r.dtypes) if reason is None and r.source != "builtin" else None
+        rows.append(row)
+    if args.json:
+        json.dump({"components": components, "dtypes": list(tolerances.DTYPES), "implementations": rows},
+                  sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"spec directory: {find_spec_dir()}")
+    for c in components:
+        spec = load_spec(find_spec_dir() / f"{c}.md")
+        print(f"\n{c}: {spec.title}  ({len(spec.sections)} sections, {len(spec.examples)} worked examples)")
+        for row in (r for r in rows if r["component"] == c):
+            status = "available" if row["available"] else f"unavailable ({row['reason']})"
+            print(f"  {row['name']:<12} {row['framework']:<8} {status}")
+    orphans = [r for r in rows if r["component"] not in components]
+    for row in orphans:
+        print(f"\n(unknown component {row['component']!r}) {row['name']} from {row['source']}")
+    print(f"\ndtypes: {', '.join(tolerances.DTYPES)}; devices: cpu, and cuda/gpu where a framework sees one")
+    return 0
+
+
+def _print_cell(cell: CellResult) -> None:
+    print(format_cell(cell), flush=True)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _check_dtypes(args.dtype)
+    spec = _specs([args.component])[0]
+    impl = resolve(args.component, args.impl)
+    example = None
+    if args.example:
+        try:
+            example = json.loads(args.example)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--example is not valid JSON: {e}") from None
+        missing = [p for p in [*spec.params, "seed", "scale_exp"] if p not in example]
+        if missing:
+            raise UsageError(f"--example lacks {', '.join(missing)}")
+    n = _examples(args)
+    print(HEADER)
+    if example is None:
+        cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, max_examples=n,
+                           seed=args.seed, on_result=_print_cell)
+    else:
+        cells = [run_cell(spec, impl, d, dev, example=example)
+                 for d in (args.dtype or ["float32"]) for dev in (args.device or ["cpu"])]
+        for c in cells:
+            _print_cell(c)
+    if args.output:
+        write_results(args.output, cells)
+    print(summary_line(cells))
+    return 0 if cells and all(c.verdict == "conformant" for c in cells) else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _check_dtypes(args.dtype)
+    specs = _specs(args.component)
+    impls: list[Registered] = [r for r in registry() if r.component in {s.component for s in specs}]
+    if args.framework:
+        known = sorted({r.framework for r in registry()})
+        for f in args.framework:
+            if f not in known:
+                raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
+        impls = [r for r in impls if r.framework in args.framework]
+    n = _examples(args)
+    print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{HEADER}")
+    cells = run_matrix(specs, impls, dtypes=args.dtype, max_examples=n, seed=args.seed, on_result=_print_cell)
+    path = write_results(args.output, cells)
+    print(f"\n{summary_line(cells)}\nresults: {path}")
+    return 0 if all(c.verdict in ("conformant", "unavailable") for c in cells) else 1

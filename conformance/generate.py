@@ -1,0 +1,74 @@
+"""Examples: what hypothesis draws, and the arrays NumPy's generator makes from it.
+
+An example is a flat dict of every spec parameter plus `seed` (for NumPy's
+generator) and `scale_exp` (float inputs have standard deviation 10**scale_exp).
+Hypothesis draws only these few numbers; the arrays come from the seed, which
+keeps drawing fast and a shrunk example short enough to paste into a command.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from hypothesis import strategies as st
+
+from conformance.spec import Param, Spec, evaluate
+
+#: Orders of magnitude of float inputs, plainest first (hypothesis shrinks towards it).
+SCALE_EXPONENTS = (0, -1, 1, -2, -3)
+
+
+def domain_strategy(param: Param) -> st.SearchStrategy:
+    if isinstance(param.domain, range):
+        return st.integers(param.domain.start, param.domain.stop - 1)
+    return st.sampled_from(param.domain)
+
+
+def examples(spec: Spec) -> st.SearchStrategy[dict[str, Any]]:
+    fields = {name: domain_strategy(p) for name, p in spec.params.items()}
+    fields["scale_exp"] = st.sampled_from(SCALE_EXPONENTS)
+    fields["seed"] = st.integers(0, 2**32 - 1)
+    return st.fixed_dictionaries(fields)
+
+
+def layer_config(spec: Spec, example: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: example[name] for name in spec.layer_params}
+
+
+def _mask(pattern: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """The harness's mask patterns (spec/README.md): the last axis is the key axis."""
+    if pattern == "padding":  # per leading index, the first n keys are valid, n in 1..Lk
+        lengths = rng.integers(1, shape[-1] + 1, size=shape[0])
+        return np.arange(shape[-1]) < lengths.reshape((-1,) + (1,) * (len(shape) - 1))
+    if pattern == "causal":  # mask[..., i, j] = j <= i
+        i, j = np.indices(shape[-2:])
+        return np.broadcast_to(j <= i, shape).copy()
+    if pattern == "random":
+        return rng.random(shape) < 0.5
+    raise ValueError(f"unknown mask pattern {pattern!r}; valid: none, padding, causal, random")
+
+
+def make_arrays(spec: Spec, example: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Float64 weights and inputs for one example, made by NumPy from its seed."""
+    rng = np.random.default_rng(example["seed"])
+    weights = {w.name: rng.normal(0.0, float(evaluate(w.std, example)), spec.shape_of(w, example))
+               for w in spec.weights.values()}
+    scale = 10.0 ** example["scale_exp"]
+    inputs: dict[str, Any] = {}
+    for t in spec.inputs.values():
+        if t.kind == "float":
+            inputs[t.name] = rng.normal(0.0, scale, spec.shape_of(t, example))
+        elif t.kind == "mask":
+            pattern = example.get("mask", "none")
+            inputs[t.name] = None if pattern == "none" else _mask(pattern, spec.shape_of(t, example, pattern), rng)
+        else:  # tokens(n)
+            n = int(evaluate(t.kind[len("tokens("):-1], example))
+            inputs[t.name] = rng.integers(0, n, spec.shape_of(t, example), dtype=np.int64)
+    return weights, inputs
+
+
+def cast(arrays: Mapping[str, Any], dtype: str) -> dict[str, Any]:
+    """Round float arrays to dtype; leave masks, tokens and None as they are."""
+    return {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+            for k, v in arrays.items()}

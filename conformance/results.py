@@ -1,0 +1,99 @@
+"""Results files (versioned JSON, written whole or not at all) and the terminal summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterable
+
+from conformance.engine import CellResult
+
+SCHEMA = "conformance-results/1"
+_PACKAGES = ("numpy", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
+
+
+def environment() -> dict[str, Any]:
+    """Where the results came from: interpreter, machine, and framework versions."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "packages": versions,
+        "keras_backend": os.environ.get("KERAS_BACKEND"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def write_results(path: Path | str, cells: Iterable[CellResult], command: list[str] | None = None) -> Path:
+    """Write a results file atomically: a reader sees the old file or the whole new one."""
+    path = Path(path)
+    data = {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else sys.argv,
+        "environment": environment(),
+        "cells": [c.to_json() for c in cells],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, allow_nan=False, default=_finite)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _finite(value: Any) -> Any:
+    raise TypeError(f"cannot write {type(value).__name__} to a results file")
+
+
+def format_cell(c: CellResult) -> str:
+    impl = c.implementation + (f"[{c.backend}]" if c.backend else "")
+    ratio = "-" if c.max_ratio is None else f"{c.max_ratio:.3g}"
+    head = f"{c.component:<8} {impl:<28} {c.device:<5} {c.dtype:<8} {c.verdict:<15} {c.examples:>5} {ratio:>9} {c.seconds:>7.1f}s"
+    if c.verdict == "conformant":
+        return head
+    lines = [head, f"    {c.reason}"]
+    if c.sections:
+        lines.append(f"    spec: {', '.join(c.sections)}")
+    if c.counterexample:
+        lines.append(f"    minimal example: {json.dumps(c.counterexample)}")
+    if c.repro:
+        lines.append(f"    reproduce: {c.repro}")
+    return "\n".join(lines)
+
+
+HEADER = f"{'comp.':<8} {'implementation':<28} {'dev.':<5} {'dtype':<8} {'verdict':<15} {'ex.':>5} {'err/bdgt':>9} {'time':>8}"
+
+
+def summary_line(cells: list[CellResult]) -> str:
+    counts = {v: sum(c.verdict == v for c in cells) for v in ("conformant", "non-conformant", "error", "unavailable")}
+    return ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"

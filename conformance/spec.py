@@ -1,0 +1,334 @@
+"""Read a component spec (spec/<id>.md) into the tables the harness uses.
+
+The format is described in spec/README.md. Everything the harness knows about
+a component (parameter domains, input and output shapes, the canonical weight
+table, error-budget growth, worked examples) comes from here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "Example", "Param", "Spec", "SpecError", "Tensor", "Weight",
+    "evaluate", "find_spec_dir", "load_spec", "list_components",
+]
+
+
+class SpecError(Exception):
+    """A spec file that does not follow spec/README.md."""
+
+    def __init__(self, path: Path | str, section: str, message: str):
+        self.path, self.section, self.message = Path(path), section, message
+        where = f"{self.path}" + (f", section {section}" if section else "")
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    role: str  # "layer" or "data"
+    domain: tuple[Any, ...] | range
+    sections: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An input, output or weight row: name, shape expressions, and extras."""
+
+    name: str
+    shapes: Mapping[str, tuple[str, ...]]  # {"": shape} or one per mask pattern
+    sections: tuple[str, ...]
+    kind: str = "float"  # inputs: float | mask | tokens(n)
+    std: str = ""  # weights: standard deviation expression
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        return self.shapes[""]
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    sections: tuple[str, ...]
+    config: dict[str, Any]
+    weights: dict[str, Any]
+    inputs: dict[str, Any]
+    expected: dict[str, Any]
+
+
+@dataclass
+class Spec:
+    component: str
+    title: str
+    path: Path
+    sections: dict[str, str]  # number -> title
+    informative: set[str]
+    params: dict[str, Param]
+    weights: dict[str, Tensor]
+    inputs: dict[str, Tensor]
+    outputs: dict[str, Tensor]
+    budgets: dict[str, str]  # output -> growth expression
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def layer_params(self) -> list[str]:
+        return [p.name for p in self.params.values() if p.role == "layer"]
+
+    def normative_sections(self) -> list[str]:
+        return [n for n in self.sections if not any(
+            n == i or n.startswith(i + ".") for i in self.informative)]
+
+    def covered_sections(self) -> set[str]:
+        named: set[str] = set()
+        rows = [*self.params.values(), *self.weights.values(),
+                *self.inputs.values(), *self.outputs.values(), *self.examples]
+        for row in rows:
+            named.update(row.sections)
+        return {n for n in self.sections
+                if any(n == c or n.startswith(c + ".") for c in named)}
+
+    def shape_of(self, tensor: Tensor, env: Mapping[str, Any], pattern: str = "") -> tuple[int, ...]:
+        exprs = tensor.shapes.get(pattern) or tensor.shapes.get("")
+        if exprs is None:
+            raise SpecError(self.path, "", f"{tensor.name} has no shape for pattern {pattern!r}")
+        return tuple(int(evaluate(e, env)) for e in exprs)
+
+
+# --- expressions --------------------------------------------------------------
+
+_FUNCS = {"sqrt": math.sqrt, "log": math.log, "max": max, "min": min}
+_BINOPS = {
+    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b, ast.Pow: lambda a, b: a ** b,
+}
+
+
+def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
+    """Evaluate a spec expression (numbers, names, + - * / // **, sqrt/log/max/min)."""
+
+    def walk(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in env:
+                raise KeyError(f"unknown name {node.id!r} in {expr!r}; known: {', '.join(sorted(env))}")
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in _FUNCS and not node.keywords):
+            return _FUNCS[node.func.id](*(walk(a) for a in node.args))
+        raise ValueError(f"unsupported expression {expr!r}")
+
+    return walk(ast.parse(expr.strip(), mode="eval"))
+
+
+# --- parsing ------------------------------------------------------------------
+
+_HEADING = re.compile(r"^(#{2,3})\s+(\d+(?:\.\d+)?)\.?\s+(.*?)\s*$")
+_TITLE = re.compile(r"^#\s+(.*?)\s*\(component\s+`([a-z0-9_]+)`\)\s*$")
+_SHAPE = re.compile(r"^\((.*)\)$")
+
+
+def _cell(text: str) -> str:
+    text = text.strip()
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == "`" else text
+
+
+def _split_row(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    return tuple(s.strip().lstrip("§") for s in text.split(",") if s.strip())
+
+
+def _domain(text: str) -> tuple[Any, ...] | range:
+    text = _cell(text)
+    if m := re.fullmatch(r"(-?\d+)\s*\.\.\s*(-?\d+)", text):
+        lo, hi = int(m[1]), int(m[2])
+        if lo > hi:
+            raise ValueError(f"empty range {text!r}")
+        return range(lo, hi + 1)
+    if text.startswith("{") and text.endswith("}"):
+        items = []
+        for word in (w.strip() for w in text[1:-1].split(",")):
+            if re.fullmatch(r"-?\d+", word):
+                items.append(int(word))
+            elif re.fullmatch(r"-?\d*\.\d+(e-?\d+)?", word):
+                items.append(float(word))
+            elif word in ("true", "false"):
+                items.append(word == "true")
+            elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", word):
+                items.append(word)
+            else:
+                raise ValueError(f"bad set element {word!r}")
+        if not items:
+            raise ValueError("empty set")
+        return tuple(items)
+    raise ValueError(f"domain {text!r} is neither a range a..b nor a set {{x, y}}")
+
+
+def _shapes(text: str) -> dict[str, tuple[str, ...]]:
+    """`(B, Lq, d)` or `padding: (B, 1, Lk)`, `causal: (Lq, Lk)`, ..."""
+    parts = re.findall(r"`([^`]*)`", text) or [text]
+    out: dict[str, tuple[str, ...]] = {}
+    for part in parts:
+        pattern, _, shape = part.rpartition(":")
+        m = _SHAPE.match(shape.strip())
+        if not m:
+            raise ValueError(f"shape {part!r} is not a tuple like (B, T, d_model)")
+        out[pattern.strip()] = tuple(e.strip() for e in m[1].split(",") if e.strip())
+    return out
+
+
+def _tables(lines: list[str]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Every Markdown table as (section it stands in, header, rows)."""
+    found, section, i = [], "", 0
+    while i < len(lines):
+        if m := _HEADING.match(lines[i]):
+            section = m[2]
+        if lines[i].lstrip().startswith("|") and i + 1 < len(lines) and re.match(r"^\s*\|[\s:|-]+\|\s*$", lines[i + 1]):
+            header = [h.lower() for h in _split_row(lines[i])]
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(_split_row(lines[i]))
+                i += 1
+            found.append((section, header, rows))
+            continue
+        i += 1
+    return found
+
+
+def _column(header: list[str], name: str, path: Path, section: str) -> int:
+    if name not in header:
+        raise SpecError(path, section, f"table {header[0]!r} has no column {name!r} (columns: {', '.join(header)})")
+    return header.index(name)
+
+
+def load_spec(path: Path | str) -> Spec:
+    """Parse one spec file; raise SpecError naming the file and section on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SpecError(path, "", f"cannot read: {e.strerror}") from None
+    lines = text.splitlines()
+    title_match = next((m for m in map(_TITLE.match, lines) if m), None)
+    if title_match is None:
+        raise SpecError(path, "", "no title line '# Name (component `id`)'")
+    if title_match[2] != path.stem:
+        raise SpecError(path, "", f"title names component {title_match[2]!r} but the file is {path.name}")
+
+    sections: dict[str, str] = {}
+    informative: set[str] = set()
+    for line in lines:
+        if m := _HEADING.match(line):
+            if m[2] in sections:
+                raise SpecError(path, m[2], "section number used twice")
+            sections[m[2]] = m[3]
+            if m[3].lower().endswith("(informative)"):
+                informative.add(m[2])
+
+    spec = Spec(component=path.stem, title=title_match[1], path=path, sections=sections,
+                informative=informative, params={}, weights={}, inputs={}, outputs={}, budgets={})
+    kinds = {"parameter": spec.params, "weight": spec.weights, "input": spec.inputs,
+             "output": spec.outputs, "budget": spec.budgets}
+    for section, header, rows in _tables(lines):
+        if header[0] not in kinds:
+            continue
+        for row in rows:
+            if len(row) != len(header):
+                raise SpecError(path, section, f"row {row!r} has {len(row)} cells, the header has {len(header)}")
+            name = _cell(row[0])
+            try:
+                _add_row(spec, header, row, name, path, section)
+            except SpecError:
+                raise
+            except (ValueError, KeyError) as e:
+                raise SpecError(path, section, f"{header[0]} {name!r}: {e}") from None
+
+    for kind, table in kinds.items():
+        if not table:
+            raise SpecError(path, "", f"no table with first column {kind!r}")
+    for output in spec.outputs:
+        if output not in spec.budgets:
+            raise SpecError(path, "", f"output {output!r} has no row in the budget table")
+    for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values()]:
+        for s in row.sections:
+            if s not in sections:
+                raise SpecError(path, "", f"{row.name!r} names section {s}, which does not exist")
+
+    spec.examples = _examples(text, path, spec)
+    return spec
+
+
+def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Path, section: str) -> None:
+    col = lambda c: row[_column(header, c, path, section)]  # noqa: E731
+    kind = header[0]
+    if kind == "parameter":
+        role = _cell(col("role"))
+        if role not in ("layer", "data"):
+            raise ValueError(f"role {role!r} is not 'layer' or 'data'")
+        spec.params[name] = Param(name, role, _domain(col("domain")), _sections(col("sections")))
+    elif kind == "weight":
+        spec.weights[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")), std=_cell(col("std")))
+    elif kind == "input":
+        input_kind = _cell(col("kind"))
+        if not re.fullmatch(r"float|mask|tokens\(\w+\)", input_kind):
+            raise ValueError(f"kind {input_kind!r} is not float, mask or tokens(n)")
+        spec.inputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")), kind=input_kind)
+    elif kind == "output":
+        spec.outputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")))
+    elif kind == "budget":
+        spec.budgets[name] = _cell(col("growth"))
+
+
+def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
+    examples = []
+    section = ""
+    for block in re.finditer(r"^```json example\s*\n(.*?)^```", text, re.M | re.S):
+        heads = [m for m in (_HEADING.match(l) for l in text[: block.start()].splitlines()) if m]
+        section = heads[-1][2] if heads else ""
+        try:
+            data = json.loads(block[1])
+            example = Example(data["name"], tuple(data["sections"]), data["config"],
+                              data["weights"], data["inputs"], data["expected"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SpecError(path, section, f"worked example is not valid: {e}") from None
+        missing = [p for p in spec.params if p not in example.config]
+        if missing:
+            raise SpecError(path, section, f"worked example {example.name!r} lacks parameters {missing}")
+        examples.append(example)
+    return examples
+
+
+# --- finding specs ------------------------------------------------------------
+
+def find_spec_dir() -> Path:
+    """spec/ of this checkout, or $CONFORMANCE_SPEC_DIR."""
+    env = os.environ.get("CONFORMANCE_SPEC_DIR")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "spec", Path.cwd() / "spec"]
+    for c in candidates:
+        if (c / "README.md").is_file():
+            return c
+    raise SpecError(candidates[0], "", "spec directory not found; install the project with "
+                    "'pip install -e .' from a checkout, or set CONFORMANCE_SPEC_DIR")
+
+
+def list_components(spec_dir: Path | None = None) -> list[str]:
+    spec_dir = spec_dir or find_spec_dir()
+    return sorted(p.stem for p in spec_dir.glob("*.md") if p.name != "README.md")

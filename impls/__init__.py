@@ -1,0 +1,192 @@
+"""Implementations under test: the protocol they follow and the registry.
+
+An implementation of a component is an object with:
+
+    component: str                 # the spec id, e.g. "mha"
+    build(config, *, dtype, device) -> Instance
+
+and optionally:
+
+    name: str                      # defaults to the attribute's name
+    framework: str                 # defaults to "numpy"
+    dtypes: tuple[str, ...]        # defaults to ("float32", "float64")
+    devices() -> list[str]         # defaults to ["cpu"]
+    backend() -> str | None        # e.g. the Keras backend; defaults to None
+
+`config` holds the spec's layer parameters only (see the spec's parameter
+table). The returned Instance has:
+
+    load(weights)                  # dict of NumPy float arrays, canonical names, shapes and layout
+    __call__(inputs) -> outputs    # dict of NumPy arrays (or None) -> dict of array-likes
+
+Inputs arrive as NumPy arrays of the dtype under test (masks as bool, tokens as
+int64); outputs are converted with numpy.asarray and must have that dtype. An
+Instance is built once per distinct config and loaded with many weight sets.
+
+Built-in implementations live in impls/<framework>/<component>.py and are
+imported only when used, so a missing framework shows as unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["Implementation", "Instance", "Registered", "UsageError", "builtin", "load_target",
+           "registry", "resolve"]
+
+ENTRY_POINT_GROUP = "conformance.implementations"
+DEFAULT_DTYPES = ("float32", "float64")
+
+
+class UsageError(Exception):
+    """A name or target that does not exist; the message lists the valid choices."""
+
+
+@runtime_checkable
+class Instance(Protocol):
+    def load(self, weights: Mapping[str, np.ndarray]) -> None: ...
+
+    def __call__(self, inputs: Mapping[str, np.ndarray | None]) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    component: str
+
+    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> Instance: ...
+
+
+# Which importable modules a framework needs. Keras also needs its backend.
+FRAMEWORK_MODULES = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras",)}
+
+
+def keras_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def missing_modules(framework: str) -> list[str]:
+    modules = list(FRAMEWORK_MODULES.get(framework, ()))
+    if framework == "keras":
+        modules.append(keras_backend())
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+@dataclass
+class Registered:
+    """One implementation as the harness sees it: metadata, and the object once loaded."""
+
+    component: str
+    name: str
+    framework: str
+    target: str  # "module:attr" or "path/file.py:attr"
+    source: str  # "builtin", "plugin" or "entry point"
+    _obj: Any = None
+
+    def unavailable_reason(self) -> str | None:
+        missing = missing_modules(self.framework)
+        if missing:
+            return f"not installed: {', '.join(missing)}"
+        return None
+
+    def load(self) -> Any:
+        if self._obj is None:
+            self._obj = load_target(self.target)
+        return self._obj
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.load(), "dtypes", DEFAULT_DTYPES))
+
+    def devices(self) -> list[str]:
+        devices = getattr(self.load(), "devices", None)
+        return list(devices()) if callable(devices) else ["cpu"]
+
+    def backend(self) -> str | None:
+        backend = getattr(self.load(), "backend", None)
+        return backend() if callable(backend) else None
+
+
+_BUILTINS = [
+    Registered("mha", "numpy", "numpy", "impls.numpy.mha:MultiHeadAttention", "builtin"),
+    Registered("mha", "torch", "torch", "impls.torch.mha:Implementation", "builtin"),
+    Registered("mha", "keras", "keras", "impls.keras.mha:Implementation", "builtin"),
+]
+
+
+def builtin(component: str, name: str) -> Registered:
+    for r in _BUILTINS:
+        if r.component == component and r.name == name:
+            return r
+    raise UsageError(f"no built-in implementation {name!r} of {component!r}")
+
+
+def registry() -> list[Registered]:
+    """Built-in implementations, then those installed under the entry-point group."""
+    found = list(_BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            found.append(_describe(obj, ep.value, "entry point", default_name=ep.name))
+        except Exception as e:  # a broken plug-in is listed, not fatal
+            found.append(Registered("?", ep.name, "?", ep.value, f"entry point (broken: {e})"))
+    return found
+
+
+def load_target(target: str) -> Any:
+    """Import `package.module:attr` or `path/to/file.py:attr`; instantiate it if it is a class."""
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{target!r} is not of the form package.module:attr or path/to/file.py:attr")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise UsageError(f"no such file {module_name!r} (from {target!r})")
+        spec = importlib.util.spec_from_file_location(f"_conformance_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            raise UsageError(f"cannot import {module_name!r} (from {target!r}): {e}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        public = [n for n in vars(module) if not n.startswith("_")]
+        raise UsageError(f"{module_name!r} has no attribute {attr!r}; it has: {', '.join(public)}") from None
+    return obj() if isinstance(obj, type) else obj
+
+
+def _describe(obj: Any, target: str, source: str, default_name: str) -> Registered:
+    if not isinstance(getattr(obj, "component", None), str) or not callable(getattr(obj, "build", None)):
+        raise UsageError(f"{target!r} is not an implementation: it needs a 'component' string "
+                         "and a build(config, *, dtype, device) method (see impls/__init__.py)")
+    r = Registered(obj.component, getattr(obj, "name", default_name), getattr(obj, "framework", "numpy"),
+                   target, source)
+    r._obj = obj
+    return r
+
+
+def resolve(component: str, name_or_target: str) -> Registered:
+    """A registered implementation by name, or a plug-in given as module:attr / file.py:attr."""
+    if ":" in name_or_target:
+        attr = name_or_target.rpartition(":")[2]
+        r = _describe(load_target(name_or_target), name_or_target, "plugin", default_name=attr)
+        if r.component != component:
+            raise UsageError(f"{name_or_target!r} implements {r.component!r}, not {component!r}")
+        return r
+    candidates = [r for r in registry() if r.component == component]
+    for r in candidates:
+        if r.name == name_or_target:
+            return r
+    names = ", ".join(r.name for r in candidates) or "none"
+    raise UsageError(f"unknown implementation {name_or_target!r} of {component!r}; "
+                     f"registered: {names}; or give a plug-in as package.module:attr or file.py:attr")

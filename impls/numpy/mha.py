@@ -1,0 +1,90 @@
+"""Multi-head attention in NumPy, written from spec/mha.md.
+
+Run in float64 this is the reference every other implementation is compared
+with, so it follows the spec's equations one by one rather than aiming for
+speed. Section numbers refer to spec/mha.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+
+def broadcast_mask(mask: np.ndarray | None, B: int, Lq: int, Lk: int) -> np.ndarray:
+    """§7.2: a (B, Lq, Lk), (B, 1, Lk) or (Lq, Lk) boolean mask as (B, Lq, Lk); None is all-true."""
+    if mask is None:
+        return np.ones((B, Lq, Lk), dtype=bool)
+    return np.broadcast_to(np.asarray(mask, dtype=bool), (B, Lq, Lk))
+
+
+def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """§6.4 and §7.4: softmax over the last axis where mask is true; rows with no true entry give zeros."""
+    any_visible = mask.any(axis=-1, keepdims=True)
+    shifted = np.where(mask, scores, -np.inf)
+    row_max = np.where(any_visible, shifted.max(axis=-1, keepdims=True), 0.0)
+    e = np.where(mask, np.exp(np.where(mask, scores - row_max, 0.0)), 0.0)
+    total = e.sum(axis=-1, keepdims=True)
+    return e / np.where(any_visible, total, 1.0)
+
+
+def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """§6: the whole computation in the dtype of the weights."""
+    H, d_head = config["num_heads"], config["d_head"]
+    query, key, value = inputs["query"], inputs["key"], inputs["value"]
+    B, Lq, _ = query.shape
+    Lk = key.shape[1]
+    dtype = weights["W_q"].dtype
+
+    # §6.1 projections, §6.2 head split: (B, L, H*d_head) -> (B, H, L, d_head)
+    def project(x, W, b, L):
+        return (x @ W + b).reshape(B, L, H, d_head).transpose(0, 2, 1, 3)
+
+    q = project(query, weights["W_q"], weights["b_q"], Lq)  # (B, H, Lq, d_head)
+    k = project(key, weights["W_k"], weights["b_k"], Lk)  # (B, H, Lk, d_head)
+    v = project(value, weights["W_v"], weights["b_v"], Lk)  # (B, H, Lk, d_head)
+
+    # §6.3 scores, scaled by the per-head width
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dtype.type(d_head))  # (B, H, Lq, Lk)
+    mask = broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None]  # (B, 1, Lq, Lk)
+    weights_ = masked_softmax(scores, mask).astype(dtype)  # (B, H, Lq, Lk)
+
+    # §6.5 context and head merge: (B, H, Lq, d_head) -> (B, Lq, H*d_head)
+    context = (weights_ @ v).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
+    # §6.6 output projection
+    output = context @ weights["W_o"] + weights["b_o"]  # (B, Lq, d_model)
+
+    if diagnostics is not None:
+        visible = np.broadcast_to(mask, scores.shape)
+        diagnostics["max_abs_score"] = float(np.abs(scores[visible]).max()) if visible.any() else 0.0
+    return {"output": output, "attention_weights": weights_}
+
+
+class _Instance:
+    def __init__(self, config: Mapping[str, Any], dtype: str):
+        self.config, self.dtype = dict(config), np.dtype(dtype)
+        self.weights: dict[str, np.ndarray] = {}
+
+    def load(self, weights: Mapping[str, np.ndarray]) -> None:
+        self.weights = {name: np.asarray(w, dtype=self.dtype) for name, w in weights.items()}
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        # §8: dropout is the identity at inference, so the rate is not used here.
+        return forward(self.config, self.weights, inputs)
+
+
+class MultiHeadAttention:
+    """The registered NumPy implementation (and, in float64, the reference)."""
+
+    component = "mha"
+    name = "numpy"
+    framework = "numpy"
+    dtypes = ("float32", "float64")
+
+    def devices(self) -> list[str]:
+        return ["cpu"]
+
+    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
+        return _Instance(config, dtype)
