@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import shlex
 import time
 import traceback
@@ -142,8 +143,10 @@ class Runner:
                 bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
                 raise NonConformance(f"output {name!r} has {bad} non-finite values (NaN or Inf) "
                                      f"where the spec says finite", sections, name)
-            errors[name] = tolerances.error_in_eps(value, reference[name], self.dtype)
-            budgets[name] = tolerances.K[self.dtype] * float(evaluate(self.spec.budgets[name], env))
+            scale_expr, growth_expr = self.spec.budgets[name]
+            errors[name] = tolerances.error_in_eps(value, reference[name], self.dtype,
+                                                   float(evaluate(scale_expr, env)))
+            budgets[name] = tolerances.K[self.dtype] * float(evaluate(growth_expr, env))
             if not errors[name] <= budgets[name]:
                 raise NonConformance(
                     f"output {name!r} differs from the reference by {errors[name]:.4g} eps, "
@@ -222,14 +225,6 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         result.counterexample = ex
         result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device, ex)
 
-    # Worked examples first: they are the hand-checked cases.
-    for worked in spec.examples if example is None else []:
-        try:
-            record(None, runner.run_worked(worked))
-        except NonConformance as e:
-            e.sections = tuple(worked.sections)
-            return fail(None, e, f"worked example {worked.name!r}")
-
     if example is not None:  # replay exactly one example
         try:
             record(example, runner.run(example))
@@ -239,26 +234,38 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         return
 
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
+    strata = generate.strata(spec)
+    per_stratum = max(1, math.ceil(max_examples / len(strata)))
 
-    @settings(max_examples=max_examples, deadline=None, database=None, phases=phases,
-              suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
-              verbosity=Verbosity.quiet)
-    @hypothesis_seed(seed)
-    @given(generate.examples(spec))
-    def check(ex: dict[str, Any]) -> None:
+    for fixed in strata:
+        @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
+                  suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
+                  verbosity=Verbosity.quiet)
+        @hypothesis_seed(seed)
+        @given(generate.examples(spec, fixed))
+        def check(ex: dict[str, Any]) -> None:
+            try:
+                outcome = runner.run(ex)
+            except NonConformance as e:
+                failure.append((dict(ex), e))  # the last one recorded is the shrunk minimum
+                raise
+            record(ex, outcome)
+            target(outcome.ratio, label="error/budget")
+
         try:
-            outcome = runner.run(ex)
-        except NonConformance as e:
-            failure.append((dict(ex), e))  # the last one recorded is the shrunk minimum
-            raise
-        record(ex, outcome)
-        target(outcome.ratio, label="error/budget")
+            check()
+        except NonConformance:
+            ex, e = failure[-1]
+            return fail(ex, e, "example")
 
-    try:
-        check()
-    except NonConformance:
-        ex, e = failure[-1]
-        return fail(ex, e, "example")
+    # Then the spec's worked examples, the hand-checked cases (after the search,
+    # so that a mistake both would catch is reported with a shrunk example).
+    for worked in spec.examples:
+        try:
+            record(None, runner.run_worked(worked))
+        except NonConformance as e:
+            e.sections = tuple(worked.sections)
+            return fail(None, e, f"worked example {worked.name!r}")
     result.verdict = "conformant"
     if ratios:
         result.p99_ratio = float(np.percentile(ratios, 99))

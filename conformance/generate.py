@@ -8,6 +8,7 @@ keeps drawing fast and a shrunk example short enough to paste into a command.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,8 +26,22 @@ def domain_strategy(param: Param) -> st.SearchStrategy:
     return st.sampled_from(param.domain)
 
 
-def examples(spec: Spec) -> st.SearchStrategy[dict[str, Any]]:
-    fields = {name: domain_strategy(p) for name, p in spec.params.items()}
+def strata(spec: Spec) -> list[dict[str, Any]]:
+    """Every combination of the categorical parameters (sets of words or booleans).
+
+    Each combination is searched on its own with its share of the examples, so
+    a rarely drawn category (one mask pattern, one activation) is never left out.
+    """
+    categorical = [p for p in spec.params.values()
+                   if not isinstance(p.domain, range) and all(isinstance(v, (str, bool)) for v in p.domain)]
+    return [dict(zip((p.name for p in categorical), values))
+            for values in itertools.product(*(p.domain for p in categorical))]
+
+
+def examples(spec: Spec, fixed: Mapping[str, Any] | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    fixed = fixed or {}
+    fields = {name: st.just(fixed[name]) if name in fixed else domain_strategy(p)
+              for name, p in spec.params.items()}
     fields["scale_exp"] = st.sampled_from(SCALE_EXPONENTS)
     fields["seed"] = st.integers(0, 2**32 - 1)
     return st.fixed_dictionaries(fields)
@@ -44,8 +59,9 @@ def _mask(pattern: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.
     if pattern == "causal":  # mask[..., i, j] = j <= i
         i, j = np.indices(shape[-2:])
         return np.broadcast_to(j <= i, shape).copy()
-    if pattern == "random":
-        return rng.random(shape) < 0.5
+    if pattern == "random":  # each entry true with probability 1/2, then a quarter of the rows masked whole
+        whole_rows_masked = rng.random(shape[:-1] + (1,)) < 0.25
+        return (rng.random(shape) < 0.5) & ~whole_rows_masked
     raise ValueError(f"unknown mask pattern {pattern!r}; valid: none, padding, causal, random")
 
 

@@ -75,7 +75,7 @@ class Spec:
     weights: dict[str, Tensor]
     inputs: dict[str, Tensor]
     outputs: dict[str, Tensor]
-    budgets: dict[str, str]  # output -> growth expression
+    budgets: dict[str, tuple[str, str]]  # output -> (scale, growth) expressions
     examples: list[Example] = field(default_factory=list)
 
     @property
@@ -87,13 +87,19 @@ class Spec:
             n == i or n.startswith(i + ".") for i in self.informative)]
 
     def covered_sections(self) -> set[str]:
+        """Sections something enforces: named by a row or worked example, inside a named
+        section, or made only of covered subsections."""
         named: set[str] = set()
         rows = [*self.params.values(), *self.weights.values(),
                 *self.inputs.values(), *self.outputs.values(), *self.examples]
         for row in rows:
             named.update(row.sections)
-        return {n for n in self.sections
-                if any(n == c or n.startswith(c + ".") for c in named)}
+        covered = {n for n in self.sections if any(n == c or n.startswith(c + ".") for c in named)}
+        for n in self.sections:
+            children = [c for c in self.sections if c.startswith(n + ".")]
+            if children and all(c in covered for c in children):
+                covered.add(n)
+        return covered
 
     def shape_of(self, tensor: Tensor, env: Mapping[str, Any], pattern: str = "") -> tuple[int, ...]:
         exprs = tensor.shapes.get(pattern) or tensor.shapes.get("")
@@ -294,7 +300,7 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
     elif kind == "output":
         spec.outputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")))
     elif kind == "budget":
-        spec.budgets[name] = _cell(col("growth"))
+        spec.budgets[name] = (_cell(col("scale")), _cell(col("growth")))
 
 
 def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
@@ -305,7 +311,8 @@ def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
         section = heads[-1][2] if heads else ""
         try:
             data = json.loads(block[1])
-            example = Example(data["name"], tuple(data["sections"]), data["config"],
+            # an example enforces the sections it names and the one it stands in
+            example = Example(data["name"], tuple(dict.fromkeys([*data["sections"], section])), data["config"],
                               data["weights"], data["inputs"], data["expected"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SpecError(path, section, f"worked example is not valid: {e}") from None

@@ -134,6 +134,7 @@ def registry() -> list[Registered]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
+            obj = obj() if isinstance(obj, type) else obj
             found.append(_describe(obj, ep.value, "entry point", default_name=ep.name))
         except Exception as e:  # a broken plug-in is listed, not fatal
             found.append(Registered("?", ep.name, "?", ep.value, f"entry point (broken: {e})"))

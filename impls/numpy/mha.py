@@ -56,9 +56,16 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
     # §6.6 output projection
     output = context @ weights["W_o"] + weights["b_o"]  # (B, Lq, d_model)
 
-    if diagnostics is not None:
+    if diagnostics is not None:  # the magnitudes spec/mha.md §9 scales and grows budgets by
+        # each step evaluated with |.| on every input, weight and bias: the size of the terms summed
+        q_abs = project(np.abs(query), np.abs(weights["W_q"]), np.abs(weights["b_q"]), Lq)
+        k_abs = project(np.abs(key), np.abs(weights["W_k"]), np.abs(weights["b_k"]), Lk)
+        v_abs = project(np.abs(value), np.abs(weights["W_v"]), np.abs(weights["b_v"]), Lk)
+        s_abs = q_abs @ k_abs.transpose(0, 1, 3, 2) / np.sqrt(d_head)  # (B, H, Lq, Lk)
         visible = np.broadcast_to(mask, scores.shape)
-        diagnostics["max_abs_score"] = float(np.abs(scores[visible]).max()) if visible.any() else 0.0
+        diagnostics["score_scale"] = float(s_abs[visible].max()) if visible.any() else 0.0
+        c_abs = (weights_ @ v_abs).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
+        diagnostics["output_scale"] = float((c_abs @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])).max())
     return {"output": output, "attention_weights": weights_}
 
 

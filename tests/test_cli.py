@@ -1,0 +1,111 @@
+"""The `conformance` command as a user runs it: list, check, run, exit codes, plug-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conformance.cli import main
+from conformance.results import SCHEMA
+
+
+def test_list_shows_components_and_availability(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "mha: Multi-head attention" in out
+    for name in ("numpy", "torch", "keras"):
+        assert f"  {name} " in out
+
+
+def test_list_json(capsys):
+    assert main(["list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "mha" in data["components"]
+    assert data["dtypes"] == ["float64", "float32"]
+    numpy = next(i for i in data["implementations"] if i["name"] == "numpy" and i["component"] == "mha")
+    assert numpy["available"] is True and numpy["reason"] is None
+
+
+def test_missing_framework_is_listed_as_unavailable(monkeypatch, capsys):
+    import impls
+
+    monkeypatch.setitem(impls.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
+    assert main(["list", "--json"]) == 0
+    torch = next(i for i in json.loads(capsys.readouterr().out)["implementations"] if i["name"] == "torch")
+    assert torch["available"] is False and "no_such_torch_module" in torch["reason"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "attention", "--impl", "numpy"], "unknown component 'attention'; known: mha"),
+    (["check", "mha", "--impl", "nump"], "unknown implementation 'nump' of 'mha'; registered: numpy, torch, keras"),
+    (["check", "mha", "--impl", "numpy", "--dtype", "float8"], "unknown dtype 'float8'; valid: float64, float32"),
+    (["check", "mha", "--impl", "no_such_pkg.mod:Impl"], "cannot import 'no_such_pkg.mod'"),
+    (["check", "mha", "--impl", "missing_file.py:Impl"], "no such file 'missing_file.py'"),
+    (["check", "mha", "--impl", "impls.numpy.mha:Nope"], "has no attribute 'Nope'; it has:"),
+    (["check", "mha", "--impl", "impls.numpy.mha:forward"], "is not an implementation"),
+    (["check", "mha", "--impl", "numpy", "--examples", "0"], "--examples must be at least 1"),
+    (["check", "mha", "--impl", "numpy", "--example", "{"], "--example is not valid JSON"),
+    (["check", "mha", "--impl", "numpy", "--example", '{"seed": 1}'], "--example lacks d_model"),
+    (["run", "--framework", "tensorflw"], "unknown framework 'tensorflw'; known: keras, numpy, torch"),
+])
+def test_usage_errors_exit_2_naming_the_choices(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_exit_codes(root, monkeypatch, capsys):
+    monkeypatch.chdir(root)
+    assert main(["check", "mha", "--impl", "numpy", "--examples", "10"]) == 0
+    assert main(["check", "mha", "--impl", "tests/wrong_impls.py:InvertedMask", "--dtype", "float32",
+                 "--examples", "50"]) == 1
+    out = capsys.readouterr().out
+    assert "non-conformant" in out and "reproduce: conformance check mha --impl tests/wrong_impls.py:InvertedMask" in out
+    assert "minimal example:" in out
+
+
+def test_plugin_by_module_path(root, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(root / "tests"))
+    assert main(["check", "mha", "--impl", "wrong_impls:Correct", "--examples", "10"]) == 0
+    assert main(["check", "mha", "--impl", "wrong_impls:ScaledByDModel", "--dtype", "float32",
+                 "--examples", "50"]) == 1
+
+
+def test_run_writes_versioned_results(tmp_path, capsys):
+    out = tmp_path / "sub" / "results.json"
+    assert main(["run", "--framework", "numpy", "--examples", "5", "-o", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema"] == SCHEMA
+    cells = {(c["implementation"], c["dtype"]): c for c in data["cells"]}
+    assert set(cells) == {("numpy", "float32"), ("numpy", "float64")}
+    assert all(c["verdict"] == "conformant" and c["examples"] >= 5 for c in cells.values())
+    assert "results:" in capsys.readouterr().out
+
+
+def test_entry_point_plugin(tmp_path, root):
+    """A package that declares an implementation under the entry-point group is found by name."""
+    site = tmp_path / "site"
+    (site / "my_attention_pkg").mkdir(parents=True)
+    (site / "my_attention_pkg" / "__init__.py").write_text(textwrap.dedent("""
+        from impls.numpy.mha import MultiHeadAttention
+
+        class Mine(MultiHeadAttention):
+            name = "my-attention"
+    """))
+    dist = site / "my_attention_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-attention-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[conformance.implementations]\nmy-attention = my_attention_pkg:Mine\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "conformance", *a], env=env, cwd=tmp_path,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    listed = json.loads(run("list", "--json").stdout)
+    mine = next(i for i in listed["implementations"] if i["name"] == "my-attention")
+    assert mine["source"] == "entry point" and mine["available"]
+    checked = run("check", "mha", "--impl", "my-attention", "--examples", "5")
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -1,0 +1,120 @@
+"""The engine rejects deliberately wrong implementations, shrinks, and never lets one cell stop another."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+
+from conformance import results
+from conformance.cli import main
+from conformance.engine import run_cell, run_matrix
+from impls import Registered, builtin, resolve
+
+WRONG = "tests/wrong_impls.py"
+
+# (implementation, what the reason must say, the spec section it breaks).
+# TransposedOutputProjection is only wrong when W_o is square, which random
+# configurations rarely draw; the worked example of §10.2 catches it instead.
+CASES = [
+    ("ScaledByDModel", "differs from the reference", "6.3"),
+    ("InvertedMask", "differs from the reference", "7.1"),
+    ("NaNOnFullyMaskedRow", "non-finite values", "7.4"),
+    ("UniformOnFullyMaskedRow", "differs from the reference", "7.4"),
+    ("InterleavedHeads", "differs from the reference", "6.2"),
+    ("TransposedOutputProjection", "differs from the reference", "3"),
+    ("DropoutAtInference", "differs from the reference", "8"),
+    ("HeadAveragedWeights", "has shape", "4"),
+    ("AlwaysFloat64", "has dtype float64, expected float32", "4"),
+    ("SelfAttentionOnly", "raised ValueError: query and key lengths differ", "1"),
+    ("BrokenBuild", "build raised RuntimeError", "-"),
+]
+
+
+def _plugin(root, name):
+    return resolve("mha", f"{root / WRONG}:{name}")
+
+
+@pytest.mark.parametrize("name, reason, section", CASES, ids=[c[0] for c in CASES])
+def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, mha_spec, name, reason, section):
+    cell = run_cell(mha_spec, _plugin(root, name), "float32", "cpu", max_examples=100)
+    assert cell.verdict == "non-conformant", f"{name} ({section}) was not caught: {cell}"
+    assert reason in cell.reason
+    if name == "TransposedOutputProjection":
+        assert cell.reason.startswith("worked example 'two heads by hand'")
+        return
+    ex = cell.counterexample
+    assert ex is not None and cell.repro and "--example" in cell.repro
+    # shrunk: the smallest batch, and no larger than needed along the other axes
+    assert ex["B"] == 1 and ex["seed"] <= 10 and ex["scale_exp"] == 0
+    # the counterexample alone reproduces the failure
+    again = run_cell(mha_spec, _plugin(root, name), "float32", "cpu", example=ex)
+    assert again.verdict == "non-conformant" and again.reason == cell.reason
+
+
+def test_repro_line_reproduces(root, mha_spec, monkeypatch, capsys):
+    monkeypatch.chdir(root)
+    cell = run_cell(mha_spec, resolve("mha", f"{WRONG}:InvertedMask"), "float32", "cpu", max_examples=50)
+    argv = shlex.split(cell.repro)
+    assert argv[:2] == ["conformance", "check"]
+    assert main(argv[1:]) == 1
+    assert "non-conformant" in capsys.readouterr().out
+
+
+def test_the_control_is_conformant(root, mha_spec):
+    cell = run_cell(mha_spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=100)
+    assert cell.verdict == "conformant", cell.reason
+    assert cell.examples >= 100 + len(mha_spec.examples)
+    assert 0 < cell.max_ratio <= 1 and cell.p99_ratio <= cell.max_ratio
+    assert set(cell.max_error) == {"output", "attention_weights"}
+
+
+def test_worked_examples_catch_what_random_search_may_miss(root, mha_spec):
+    # With one example the search cannot find the mistake; the worked examples still do.
+    cell = run_cell(mha_spec, _plugin(root, "TransposedOutputProjection"), "float32", "cpu", max_examples=1)
+    assert cell.verdict == "non-conformant"
+    assert cell.reason.startswith("worked example 'two heads by hand'")
+    assert cell.sections and all(s.startswith("mha §") for s in cell.sections)
+
+
+def test_one_broken_cell_does_not_stop_the_others(root, mha_spec, monkeypatch):
+    import impls
+
+    monkeypatch.setitem(impls.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
+    cells = run_matrix([mha_spec], [
+        Registered("mha", "missing-module", "numpy", "no_such_module_anywhere:Impl", "plugin"),
+        _plugin(root, "BrokenBuild"),
+        builtin("mha", "torch"),
+        builtin("mha", "numpy"),
+    ], dtypes=["float32"], max_examples=10)
+    verdicts = [(c.implementation, c.verdict) for c in cells]
+    assert verdicts == [("no_such_module_anywhere:Impl", "error"),
+                        (f"{root / WRONG}:BrokenBuild", "non-conformant"),
+                        ("torch", "unavailable"),
+                        ("numpy", "conformant")]
+    assert "no_such_module_anywhere" in cells[0].reason
+    assert cells[2].reason == "not installed: no_such_torch_module"
+
+
+def test_unsupported_dtype_is_recorded_not_skipped(mha_spec):
+    cell = run_cell(mha_spec, builtin("mha", "numpy"), "float16", "cpu")
+    assert cell.verdict == "unavailable" and "float16 not supported" in cell.reason
+
+
+def test_results_file_is_written_whole_or_not_at_all(tmp_path, mha_spec, monkeypatch):
+    cells = [run_cell(mha_spec, builtin("mha", "numpy"), "float64", "cpu", max_examples=5)]
+    path = results.write_results(tmp_path / "r.json", cells)
+    before = path.read_text()
+    data = json.loads(before)
+    assert data["schema"] == results.SCHEMA and data["cells"][0]["verdict"] == "conformant"
+    assert data["environment"]["packages"]["numpy"]
+
+    def explode(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.json, "dump", explode)
+    with pytest.raises(OSError):
+        results.write_results(path, cells)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -1,0 +1,54 @@
+"""The reference reproduces every worked example, and PyTorch's own layer agrees with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance.engine import reference_forward
+from conformance.spec import find_spec_dir, list_components, load_spec
+
+EXAMPLES = [(c, ex) for c in list_components() for ex in load_spec(find_spec_dir() / f"{c}.md").examples]
+
+
+def _arrays(d):
+    return {k: None if v is None else np.asarray(v) if isinstance(v, list) and _is_bool(v) else
+            np.asarray(v, dtype=np.float64) for k, v in d.items()}
+
+
+def _is_bool(v):
+    while isinstance(v, list):
+        v = v[0]
+    return isinstance(v, bool)
+
+
+@pytest.mark.parametrize("component, example", EXAMPLES, ids=[f"{c}:{e.name}" for c, e in EXAMPLES])
+def test_reference_reproduces_worked_example(component, example):
+    got = reference_forward(component)(example.config, _arrays(example.weights), _arrays(example.inputs))
+    for name, want in example.expected.items():
+        np.testing.assert_allclose(got[name], np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12,
+                                   err_msg=f"{component} worked example {example.name!r}, output {name!r}")
+
+
+def _torch_can_express(example) -> str | None:
+    c = example.config
+    if c["d_head"] * c["num_heads"] != c["d_model"]:
+        return "torch.nn.MultiheadAttention needs d_head * num_heads == d_model"
+    if c["mask"] not in ("none", "padding"):
+        return "only padding masks map onto key_padding_mask without a fully masked row"
+    return None
+
+
+MHA_EXAMPLES = [ex for c, ex in EXAMPLES if c == "mha"]
+
+
+@pytest.mark.parametrize("example", MHA_EXAMPLES, ids=[e.name for e in MHA_EXAMPLES])
+def test_torch_multiheadattention_agrees_with_worked_example(example):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    from torch_reference import torch_mha
+
+    if (reason := _torch_can_express(example)) is not None:
+        pytest.skip(reason)
+    got = torch_mha(example.config, example.weights, _arrays(example.inputs))
+    for name, want in example.expected.items():
+        np.testing.assert_allclose(got[name], np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12)
