@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from conformance import tolerances
-from conformance.engine import CellResult, run_cell, run_matrix
+from conformance.engine import CellResult, cells_of, run_cell, run_matrix
 from conformance.results import HEADER, format_cell, summary_line, write_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
 from impls import Registered, UsageError, registry, resolve
@@ -91,16 +91,7 @@ def _examples(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     components = list_components()
-    impls = registry()
-    rows = []
-    for r in impls:
-        row: dict[str, Any] = {"component": r.component, "name": r.name, "framework": r.framework,
-                               "source": r.source, "target": r.target}
-        reason = r.unavailable_reason() if r.component != "?" else r.source
-        row["available"] = reason is None
-        row["reason"] = reason
-        row["dtypes"] = list(r.dtypes) if reason is None and r.source != "builtin" else None
-        rows.append(row)
+    rows = [_describe(r) for r in registry()]
     if args.json:
         json.dump({"components": components, "dtypes": list(tolerances.DTYPES), "implementations": rows},
                   sys.stdout, indent=1)
@@ -111,13 +102,29 @@ def cmd_list(args: argparse.Namespace) -> int:
         spec = load_spec(find_spec_dir() / f"{c}.md")
         print(f"\n{c}: {spec.title}  ({len(spec.sections)} sections, {len(spec.examples)} worked examples)")
         for row in (r for r in rows if r["component"] == c):
-            status = "available" if row["available"] else f"unavailable ({row['reason']})"
-            print(f"  {row['name']:<12} {row['framework']:<8} {status}")
-    orphans = [r for r in rows if r["component"] not in components]
-    for row in orphans:
+            name = row["name"] + (f"[{row['backend']}]" if row["backend"] else "")
+            if row["available"]:
+                status = f"dtypes {', '.join(row['dtypes'])}; devices {', '.join(row['devices'])}"
+            else:
+                status = f"unavailable: {row['reason']}"
+            print(f"  {name:<20} {row['framework']:<8} {status}")
+    for row in (r for r in rows if r["component"] not in components):
         print(f"\n(unknown component {row['component']!r}) {row['name']} from {row['source']}")
-    print(f"\ndtypes: {', '.join(tolerances.DTYPES)}; devices: cpu, and cuda/gpu where a framework sees one")
     return 0
+
+
+def _describe(r: Registered) -> dict[str, Any]:
+    """One implementation for `list`; importing it is how its dtypes and devices are known."""
+    row: dict[str, Any] = {"component": r.component, "name": r.name, "framework": r.framework,
+                           "source": r.source, "target": r.target, "available": False, "reason": None,
+                           "backend": None, "dtypes": [], "devices": []}
+    row["reason"] = r.unavailable_reason() if r.component != "?" else r.source
+    if row["reason"] is None:
+        try:
+            row.update(dtypes=list(r.dtypes), devices=r.devices(), backend=r.backend(), available=True)
+        except Exception as e:  # installed but broken: shown, not fatal
+            row["reason"] = f"failed to load: {type(e).__name__}: {e}"
+    return row
 
 
 def _print_cell(cell: CellResult) -> None:
@@ -143,8 +150,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, max_examples=n,
                            seed=args.seed, on_result=_print_cell)
     else:
-        cells = [run_cell(spec, impl, d, dev, example=example)
-                 for d in (args.dtype or ["float32"]) for dev in (args.device or ["cpu"])]
+        cells = [run_cell(spec, impl, d, dev, example=example) for d, dev in cells_of(impl, args.dtype, args.device)]
         for c in cells:
             _print_cell(c)
     if args.output:

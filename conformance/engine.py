@@ -62,6 +62,7 @@ class CellResult:
     examples: int = 0
     seconds: float = 0.0
     max_error: dict[str, float] = field(default_factory=dict)  # eps units, per output
+    k: float | None = None  # the budget constant of this dtype (conformance/tolerances.py)
     max_ratio: float | None = None  # error / budget, worst over outputs and examples
     p99_ratio: float | None = None
     worst: dict[str, Any] | None = None  # the example with the largest ratio
@@ -197,6 +198,7 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, *, max_examp
             result.verdict, result.reason = "unavailable", reason
             return result
         runner = Runner(spec, impl, dtype, device)
+        result.k = tolerances.K[dtype]
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)
     except Exception as e:  # the harness could not run this cell (e.g. the framework failed to import)
         result.verdict, result.reason = "error", _describe_exception(e)
@@ -278,7 +280,7 @@ def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] 
     results = []
     for spec in specs:
         for impl in (i for i in impls if i.component == spec.component):
-            for dtype, device in _cells(impl, dtypes, devices):
+            for dtype, device in cells_of(impl, dtypes, devices):
                 cell = run_cell(spec, impl, dtype, device, max_examples=max_examples, seed=seed)
                 results.append(cell)
                 if on_result:
@@ -286,7 +288,7 @@ def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] 
     return results
 
 
-def _cells(impl: Registered, dtypes: list[str] | None, devices: list[str] | None) -> list[tuple[str, str]]:
+def cells_of(impl: Registered, dtypes: list[str] | None, devices: list[str] | None) -> list[tuple[str, str]]:
     """The (dtype, device) cells to run: those asked for, else all the implementation supports."""
     if impl.unavailable_reason() is not None:
         return [(d, dev) for d in (dtypes or list(tolerances.DTYPES)) for dev in (devices or ["cpu"])]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -54,7 +55,7 @@ def write_results(path: Path | str, cells: Iterable[CellResult], command: list[s
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command if command is not None else sys.argv,
         "environment": environment(),
-        "cells": [c.to_json() for c in cells],
+        "cells": [_finite_floats(c.to_json()) for c in cells],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,6 +70,17 @@ def write_results(path: Path | str, cells: Iterable[CellResult], command: list[s
         os.unlink(tmp)
         raise
     return path
+
+
+def _finite_floats(value: Any) -> Any:
+    """Non-finite floats (an infinite error) as strings, so the file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_floats(v) for v in value]
+    return value
 
 
 def _finite(value: Any) -> Any:

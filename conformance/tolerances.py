@@ -13,13 +13,12 @@ import numpy as np
 #: Machine epsilon of each dtype the harness knows: the gap between 1 and the next number.
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23}
 
-#: Budget constants, calibrated as spec/mha.md §9.2 describes: the largest
-#: err / growth seen over 2,000 examples per dtype for every implementation
-#: in this repository, times about ten. Figures of the last calibration
-#: (python -m conformance.calibrate mha --examples 2000):
-#:   float64: max err/growth 0.0 (numpy is the reference), torch 0.21, keras 0.27
-#:   float32: max err/growth numpy 0.17, torch 0.24, keras 0.26
-K = {"float64": 4.0, "float32": 4.0}
+#: Budget constants, calibrated as spec/mha.md §9.2 describes: about ten times
+#: the largest err / growth that any implementation in this repository showed.
+#: Last calibration (2,000 examples per cell; keras[jax] 200), err / growth:
+#:   float64: keras[tensorflow] 0.177, torch 0.147, keras[torch] 0.130, keras[jax] 0.073 (numpy: 0, it is the reference)
+#:   float32: keras[tensorflow] 0.262, torch 0.141, numpy 0.130, keras[torch] 0.130, keras[jax] 0.082
+K = {"float64": 2.0, "float32": 3.0}
 
 DTYPES = tuple(EPS)
 

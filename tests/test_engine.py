@@ -118,3 +118,14 @@ def test_results_file_is_written_whole_or_not_at_all(tmp_path, mha_spec, monkeyp
         results.write_results(path, cells)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_python_api_for_a_projects_own_tests(root):
+    from conformance import assert_conformant, check
+    from wrong_impls import Correct, InvertedMask
+
+    cells = assert_conformant("mha", Correct(), dtypes=["float32"], examples=20)
+    assert [(c.implementation, c.dtype, c.verdict) for c in cells] == [("wrong_impls:Correct", "float32", "conformant")]
+    with pytest.raises(AssertionError, match=r"(?s)non-conformant.*reproduce: conformance check mha --impl wrong_impls:InvertedMask"):
+        assert_conformant("mha", InvertedMask(), dtypes=["float32"], examples=20)
+    assert check("mha", "numpy", dtypes=["float64"], examples=5)[0].verdict == "conformant"
