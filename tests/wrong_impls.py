@@ -47,8 +47,9 @@ def _attention(config, weights, inputs, *, divisor=None, invert_mask=False, soft
 def nan_softmax(scores, mask):
     """torch.nn.MultiheadAttention's behaviour: -inf everywhere in a row gives NaN."""
     s = np.where(mask, scores, -np.inf)
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # -inf - -inf is the NaN this mistake is about
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
 
 
 def uniform_softmax(scores, mask):
