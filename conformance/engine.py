@@ -104,8 +104,7 @@ class Runner:
         return self.compare(generate.layer_config(self.spec, example), example, weights, inputs)
 
     def run_worked(self, worked: Example) -> Outcome:
-        weights = {k: np.asarray(v, dtype=np.float64) for k, v in worked.weights.items()}
-        inputs = {k: None if v is None else _json_array(v) for k, v in worked.inputs.items()}
+        weights, inputs = generate.worked_arrays(self.spec, worked.weights, worked.inputs)
         return self.compare(generate.layer_config(self.spec, worked.config), worked.config, weights, inputs)
 
     def compare(self, config: Mapping[str, Any], example: Mapping[str, Any],
@@ -122,12 +121,13 @@ class Runner:
             raise NonConformance(f"raised {_describe_exception(e)}") from None
 
         env = {**example, **diagnostics}
-        errors, budgets = {}, {}
+        errors, budgets, tolerance = {}, {}, {}
         if not isinstance(got, Mapping):
             raise NonConformance(f"returned {type(got).__name__}, expected a dict of outputs "
                                  f"{', '.join(self.spec.outputs)}", ("4",))
-        for name, out in self.spec.outputs.items():
-            sections = out.sections
+        # float outputs first: a greedy comparison needs its logits' tolerance
+        for out in sorted(self.spec.outputs.values(), key=lambda o: o.dtype != "float"):
+            name, sections = out.name, out.sections
             if name not in got:
                 raise NonConformance(f"output {name!r} missing; returned {sorted(got)}", sections, name)
             try:
@@ -137,6 +137,12 @@ class Runner:
             want = self.spec.shape_of(out, example)
             if value.shape != want:
                 raise NonConformance(f"output {name!r} has shape {value.shape}, expected {want}", sections, name)
+            if out.dtype == "int":
+                if value.dtype.kind not in "iu":
+                    raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected an integer dtype",
+                                         sections, name)
+                self._compare_tokens(out, value, reference[name], diagnostics, tolerance)
+                continue
             if value.dtype != np.dtype(self.dtype):
                 raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected {self.dtype}",
                                      sections, name)
@@ -145,9 +151,10 @@ class Runner:
                 raise NonConformance(f"output {name!r} has {bad} non-finite values (NaN or Inf) "
                                      f"where the spec says finite", sections, name)
             scale_expr, growth_expr = self.spec.budgets[name]
-            errors[name] = tolerances.error_in_eps(value, reference[name], self.dtype,
-                                                   float(evaluate(scale_expr, env)))
+            scale = float(evaluate(scale_expr, env))
+            errors[name] = tolerances.error_in_eps(value, reference[name], self.dtype, scale)
             budgets[name] = tolerances.K[self.dtype] * float(evaluate(growth_expr, env))
+            tolerance[name] = budgets[name] * tolerances.EPS[self.dtype] * scale  # the same budget, absolute
             if not errors[name] <= budgets[name]:
                 raise NonConformance(
                     f"output {name!r} differs from the reference by {errors[name]:.4g} eps, "
@@ -155,10 +162,24 @@ class Runner:
                     sections, name)
         return Outcome(errors, budgets)
 
+    def _compare_tokens(self, out, value: np.ndarray, reference: np.ndarray, diagnostics: Mapping[str, Any],
+                        tolerance: Mapping[str, float]) -> None:
+        """Integer outputs match exactly; a greedy(logits) output only up to each row's first near tie.
 
-def _json_array(value: Any) -> np.ndarray:
-    arr = np.asarray(value)
-    return arr if arr.dtype == bool else arr.astype(np.float64)
+        At a step where the reference's best and second-best logits are within twice the
+        logits' absolute tolerance, a correct implementation may pick either token, and
+        every later step depends on that pick, so the row is compared before it only.
+        """
+        compared = np.ones(value.shape, dtype=bool)
+        if out.compare.startswith("greedy("):
+            margin = np.asarray(diagnostics[f"{out.name}_margin"])  # (..., steps)
+            near_tie = margin <= 2 * tolerance[out.compare[len("greedy("):-1]]
+            compared = np.cumsum(near_tie, axis=-1) == 0
+        differs = compared & (value != reference)
+        if differs.any():
+            idx = tuple(int(i) for i in np.argwhere(differs)[0])
+            raise NonConformance(f"output {out.name!r} differs at index {idx}: got {value[idx]}, "
+                                 f"reference {reference[idx]}", out.sections, out.name)
 
 
 def _worst_element(candidate: np.ndarray, reference: np.ndarray) -> str:

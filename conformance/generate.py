@@ -68,8 +68,7 @@ def _mask(pattern: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.
 def make_arrays(spec: Spec, example: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Float64 weights and inputs for one example, made by NumPy from its seed."""
     rng = np.random.default_rng(example["seed"])
-    weights = {w.name: rng.normal(0.0, float(evaluate(w.std, example)), spec.shape_of(w, example))
-               for w in spec.weights.values()}
+    weights = {name: rng.normal(0.0, std, shape) for name, (shape, std) in spec.weight_shapes(example).items()}
     scale = 10.0 ** example["scale_exp"]
     inputs: dict[str, Any] = {}
     for t in spec.inputs.values():
@@ -78,10 +77,31 @@ def make_arrays(spec: Spec, example: Mapping[str, Any]) -> tuple[dict[str, np.nd
         elif t.kind == "mask":
             pattern = example.get("mask", "none")
             inputs[t.name] = None if pattern == "none" else _mask(pattern, spec.shape_of(t, example, pattern), rng)
-        else:  # tokens(n)
+        elif t.kind.startswith("tokens("):  # ids in 0..n-1
             n = int(evaluate(t.kind[len("tokens("):-1], example))
             inputs[t.name] = rng.integers(0, n, spec.shape_of(t, example), dtype=np.int64)
+        else:  # padded_tokens(n): per row, ids in 1..n-1 for a valid length in 1..T, then the padding id 0
+            n = int(evaluate(t.kind[len("padded_tokens("):-1], example))
+            shape = spec.shape_of(t, example)
+            if n < 2:
+                raise ValueError(f"padded_tokens({n}) needs at least one id besides the padding id 0")
+            ids = rng.integers(1, n, shape, dtype=np.int64)
+            lengths = rng.integers(1, shape[-1] + 1, size=shape[:-1] + (1,))
+            inputs[t.name] = np.where(np.arange(shape[-1]) < lengths, ids, 0)
     return weights, inputs
+
+
+def worked_arrays(spec: Spec, weights: Mapping[str, Any], inputs: Mapping[str, Any]) -> tuple[dict, dict]:
+    """A worked example's JSON lists as arrays: weights and float inputs float64, masks bool, tokens int64."""
+    def convert(name: str, value: Any) -> Any:
+        if value is None:
+            return None
+        kind = spec.inputs[name].kind if name in spec.inputs else "float"
+        dtype = {"float": np.float64, "mask": bool}.get(kind, np.int64)
+        return np.asarray(value, dtype=dtype)
+
+    return ({k: np.asarray(v, dtype=np.float64) for k, v in weights.items()},
+            {k: convert(k, v) for k, v in inputs.items()})
 
 
 def cast(arrays: Mapping[str, Any], dtype: str) -> dict[str, Any]:

@@ -46,8 +46,11 @@ class Tensor:
     name: str
     shapes: Mapping[str, tuple[str, ...]]  # {"": shape} or one per mask pattern
     sections: tuple[str, ...]
-    kind: str = "float"  # inputs: float | mask | tokens(n)
+    kind: str = "float"  # inputs: float | mask | tokens(n) | padded_tokens(n)
     std: str = ""  # weights: standard deviation expression
+    repeat: tuple[str, str, str] | None = None  # weights: (variable, first, last) from the `for` column
+    dtype: str = "float"  # outputs: float (the dtype under test) or int
+    compare: str = "close"  # outputs: close | greedy(<logits output>)
 
     @property
     def shape(self) -> tuple[str, ...]:
@@ -100,6 +103,19 @@ class Spec:
             if children and all(c in covered for c in children):
                 covered.add(n)
         return covered
+
+    def weight_shapes(self, env: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], float]]:
+        """Every weight of one configuration as name -> (shape, std), rows with `for` expanded."""
+        out: dict[str, tuple[tuple[int, ...], float]] = {}
+        for w in self.weights.values():
+            if w.repeat is None:
+                out[w.name] = (self.shape_of(w, env), float(evaluate(w.std, env)))
+                continue
+            var, first, last = w.repeat
+            for i in range(int(evaluate(first, env)), int(evaluate(last, env)) + 1):
+                local = {**env, var: i}
+                out[w.name.replace("{" + var + "}", str(i))] = (self.shape_of(w, local), float(evaluate(w.std, local)))
+        return out
 
     def shape_of(self, tensor: Tensor, env: Mapping[str, Any], pattern: str = "") -> tuple[int, ...]:
         exprs = tensor.shapes.get(pattern) or tensor.shapes.get("")
@@ -270,9 +286,14 @@ def load_spec(path: Path | str) -> Spec:
     for kind, table in kinds.items():
         if not table:
             raise SpecError(path, "", f"no table with first column {kind!r}")
-    for output in spec.outputs:
-        if output not in spec.budgets:
-            raise SpecError(path, "", f"output {output!r} has no row in the budget table")
+    for output in spec.outputs.values():
+        if output.dtype == "float" and output.name not in spec.budgets:
+            raise SpecError(path, "", f"output {output.name!r} has no row in the budget table")
+        if output.compare.startswith("greedy("):
+            logits = output.compare[len("greedy("):-1]
+            if logits not in spec.outputs or spec.outputs[logits].dtype != "float":
+                raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
+                                          "which is not a float output")
     for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values()]:
         for s in row.sections:
             if s not in sections:
@@ -291,14 +312,30 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
             raise ValueError(f"role {role!r} is not 'layer' or 'data'")
         spec.params[name] = Param(name, role, _domain(col("domain")), _sections(col("sections")))
     elif kind == "weight":
-        spec.weights[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")), std=_cell(col("std")))
+        repeat = None
+        if "for" in header and _cell(col("for")) not in ("", "-"):
+            m = re.fullmatch(r"([A-Za-z_]\w*)\s+in\s+(.+?)\s*\.\.\s*(.+)", _cell(col("for")))
+            if not m:
+                raise ValueError(f"for {col('for')!r} is not 'var in first..last'")
+            if "{" + m[1] + "}" not in name:
+                raise ValueError(f"a weight repeated over {m[1]!r} needs {{{m[1]}}} in its name")
+            repeat = (m[1], m[2], m[3])
+        spec.weights[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")), std=_cell(col("std")),
+                                    repeat=repeat)
     elif kind == "input":
         input_kind = _cell(col("kind"))
-        if not re.fullmatch(r"float|mask|tokens\(\w+\)", input_kind):
-            raise ValueError(f"kind {input_kind!r} is not float, mask or tokens(n)")
+        if not re.fullmatch(r"float|mask|(padded_)?tokens\(.+\)", input_kind):
+            raise ValueError(f"kind {input_kind!r} is not float, mask, tokens(n) or padded_tokens(n)")
         spec.inputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")), kind=input_kind)
     elif kind == "output":
-        spec.outputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")))
+        dtype = _cell(col("dtype")) if "dtype" in header else "float"
+        compare = _cell(col("compare")) if "compare" in header else "close"
+        if dtype not in ("float", "int"):
+            raise ValueError(f"dtype {dtype!r} is not float or int")
+        if not re.fullmatch(r"close|greedy\(\w+\)", compare):
+            raise ValueError(f"compare {compare!r} is not close or greedy(<logits output>)")
+        spec.outputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")),
+                                    dtype=dtype, compare=compare)
     elif kind == "budget":
         spec.budgets[name] = (_cell(col("scale")), _cell(col("growth")))
 

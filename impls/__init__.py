@@ -23,8 +23,9 @@ Inputs arrive as NumPy arrays of the dtype under test (masks as bool, tokens as
 int64); outputs are converted with numpy.asarray and must have that dtype. An
 Instance is built once per distinct config and loaded with many weight sets.
 
-Built-in implementations live in impls/<framework>/<component>.py and are
-imported only when used, so a missing framework shows as unavailable.
+Every component with a spec in spec/ has built-in implementations in
+impls/<framework>/<component>.py (class Implementation), imported only when
+used, so a missing framework shows as unavailable.
 """
 
 from __future__ import annotations
@@ -114,15 +115,20 @@ class Registered:
         return backend() if callable(backend) else None
 
 
-_BUILTINS = [
-    Registered("mha", "numpy", "numpy", "impls.numpy.mha:MultiHeadAttention", "builtin"),
-    Registered("mha", "torch", "torch", "impls.torch.mha:Implementation", "builtin"),
-    Registered("mha", "keras", "keras", "impls.keras.mha:Implementation", "builtin"),
-]
+#: Frameworks with a built-in implementation of every component: impls/<framework>/<component>.py,
+#: class Implementation.
+BUILTIN_FRAMEWORKS = ("numpy", "torch", "keras")
+
+
+def _builtins() -> list[Registered]:
+    from conformance.spec import list_components
+
+    return [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
+            for c in list_components() for fw in BUILTIN_FRAMEWORKS]
 
 
 def builtin(component: str, name: str) -> Registered:
-    for r in _BUILTINS:
+    for r in _builtins():
         if r.component == component and r.name == name:
             return r
     raise UsageError(f"no built-in implementation {name!r} of {component!r}")
@@ -130,7 +136,7 @@ def builtin(component: str, name: str) -> Registered:
 
 def registry() -> list[Registered]:
     """Built-in implementations, then those installed under the entry-point group."""
-    found = list(_BUILTINS)
+    found = _builtins()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()

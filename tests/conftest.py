@@ -5,7 +5,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))  # helpers: wrong_impls, torch_reference
+sys.path.insert(0, str(TESTS))  # helpers: wrong_mha, torch_reference
 
 
 @pytest.fixture

@@ -62,17 +62,17 @@ def test_usage_errors_exit_2_naming_the_choices(argv, message, capsys):
 def test_check_exit_codes(root, monkeypatch, capsys):
     monkeypatch.chdir(root)
     assert main(["check", "mha", "--impl", "numpy", "--examples", "10"]) == 0
-    assert main(["check", "mha", "--impl", "tests/wrong_impls.py:InvertedMask", "--dtype", "float32",
+    assert main(["check", "mha", "--impl", "tests/wrong_mha.py:InvertedMask", "--dtype", "float32",
                  "--examples", "50"]) == 1
     out = capsys.readouterr().out
-    assert "non-conformant" in out and "reproduce: conformance check mha --impl tests/wrong_impls.py:InvertedMask" in out
+    assert "non-conformant" in out and "reproduce: conformance check mha --impl tests/wrong_mha.py:InvertedMask" in out
     assert "minimal example:" in out
 
 
 def test_plugin_by_module_path(root, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(root / "tests"))
-    assert main(["check", "mha", "--impl", "wrong_impls:Correct", "--examples", "10"]) == 0
-    assert main(["check", "mha", "--impl", "wrong_impls:ScaledByDModel", "--dtype", "float32",
+    assert main(["check", "mha", "--impl", "wrong_mha:Correct", "--examples", "10"]) == 0
+    assert main(["check", "mha", "--impl", "wrong_mha:ScaledByDModel", "--dtype", "float32",
                  "--examples", "50"]) == 1
 
 
@@ -92,9 +92,9 @@ def test_entry_point_plugin(tmp_path, root):
     site = tmp_path / "site"
     (site / "my_attention_pkg").mkdir(parents=True)
     (site / "my_attention_pkg" / "__init__.py").write_text(textwrap.dedent("""
-        from impls.numpy.mha import MultiHeadAttention
+        from impls.numpy.mha import Implementation
 
-        class Mine(MultiHeadAttention):
+        class Mine(Implementation):
             name = "my-attention"
     """))
     dist = site / "my_attention_pkg-1.0.dist-info"

@@ -12,7 +12,7 @@ from conformance.cli import main
 from conformance.engine import run_cell, run_matrix
 from impls import Registered, builtin, resolve
 
-WRONG = "tests/wrong_impls.py"
+WRONG = "tests/wrong_mha.py"
 
 # (implementation, what the reason must say, the spec section it breaks).
 # TransposedOutputProjection is only wrong when W_o is square, which random
@@ -122,10 +122,10 @@ def test_results_file_is_written_whole_or_not_at_all(tmp_path, mha_spec, monkeyp
 
 def test_python_api_for_a_projects_own_tests(root):
     from conformance import assert_conformant, check
-    from wrong_impls import Correct, InvertedMask
+    from wrong_mha import Correct, InvertedMask
 
     cells = assert_conformant("mha", Correct(), dtypes=["float32"], examples=20)
-    assert [(c.implementation, c.dtype, c.verdict) for c in cells] == [("wrong_impls:Correct", "float32", "conformant")]
-    with pytest.raises(AssertionError, match=r"(?s)non-conformant.*reproduce: conformance check mha --impl wrong_impls:InvertedMask"):
+    assert [(c.implementation, c.dtype, c.verdict) for c in cells] == [("wrong_mha:Correct", "float32", "conformant")]
+    with pytest.raises(AssertionError, match=r"(?s)non-conformant.*reproduce: conformance check mha --impl wrong_mha:InvertedMask"):
         assert_conformant("mha", InvertedMask(), dtypes=["float32"], examples=20)
     assert check("mha", "numpy", dtypes=["float64"], examples=5)[0].verdict == "conformant"

@@ -5,29 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conformance import generate
 from conformance.engine import reference_forward
 from conformance.spec import find_spec_dir, list_components, load_spec
 
 EXAMPLES = [(c, ex) for c in list_components() for ex in load_spec(find_spec_dir() / f"{c}.md").examples]
 
 
-def _arrays(d):
-    return {k: None if v is None else np.asarray(v) if isinstance(v, list) and _is_bool(v) else
-            np.asarray(v, dtype=np.float64) for k, v in d.items()}
-
-
-def _is_bool(v):
-    while isinstance(v, list):
-        v = v[0]
-    return isinstance(v, bool)
-
-
 @pytest.mark.parametrize("component, example", EXAMPLES, ids=[f"{c}:{e.name}" for c, e in EXAMPLES])
 def test_reference_reproduces_worked_example(component, example):
-    got = reference_forward(component)(example.config, _arrays(example.weights), _arrays(example.inputs))
+    spec = load_spec(find_spec_dir() / f"{component}.md")
+    weights, inputs = generate.worked_arrays(spec, example.weights, example.inputs)
+    got = reference_forward(component)(example.config, weights, inputs)
+    assert set(example.expected) == set(spec.outputs), "a worked example gives every output"
     for name, want in example.expected.items():
-        np.testing.assert_allclose(got[name], np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12,
-                                   err_msg=f"{component} worked example {example.name!r}, output {name!r}")
+        if spec.outputs[name].dtype == "int":
+            np.testing.assert_array_equal(got[name], np.asarray(want), err_msg=f"{component} {example.name!r} {name!r}")
+        else:
+            np.testing.assert_allclose(got[name], np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12,
+                                       err_msg=f"{component} worked example {example.name!r}, output {name!r}")
 
 
 def _torch_can_express(example) -> str | None:
@@ -49,6 +45,7 @@ def test_torch_multiheadattention_agrees_with_worked_example(example):
 
     if (reason := _torch_can_express(example)) is not None:
         pytest.skip(reason)
-    got = torch_mha(example.config, example.weights, _arrays(example.inputs))
+    spec = load_spec(find_spec_dir() / "mha.md")
+    got = torch_mha(example.config, example.weights, generate.worked_arrays(spec, example.weights, example.inputs)[1])
     for name, want in example.expected.items():
         np.testing.assert_allclose(got[name], np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12)

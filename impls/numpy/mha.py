@@ -82,7 +82,7 @@ class _Instance:
         return forward(self.config, self.weights, inputs)
 
 
-class MultiHeadAttention:
+class Implementation:
     """The registered NumPy implementation (and, in float64, the reference)."""
 
     component = "mha"
