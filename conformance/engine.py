@@ -137,9 +137,10 @@ class Runner:
             want = self.spec.shape_of(out, example)
             if value.shape != want:
                 raise NonConformance(f"output {name!r} has shape {value.shape}, expected {want}", sections, name)
-            if out.dtype == "int":
-                if value.dtype.kind not in "iu":
-                    raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected an integer dtype",
+            if out.dtype in ("int", "bool"):
+                if value.dtype.kind not in ("iu" if out.dtype == "int" else "b"):
+                    expected = "an integer dtype" if out.dtype == "int" else "bool"
+                    raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected {expected}",
                                          sections, name)
                 self._compare_tokens(out, value, reference[name], diagnostics, tolerance)
                 continue

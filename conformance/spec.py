@@ -49,7 +49,7 @@ class Tensor:
     kind: str = "float"  # inputs: float | mask | tokens(n) | padded_tokens(n)
     std: str = ""  # weights: standard deviation expression
     repeat: tuple[str, str, str] | None = None  # weights: (variable, first, last) from the `for` column
-    dtype: str = "float"  # outputs: float (the dtype under test) or int
+    dtype: str = "float"  # outputs: float (the dtype under test), int or bool
     compare: str = "close"  # outputs: close | greedy(<logits output>)
 
     @property
@@ -330,8 +330,8 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
     elif kind == "output":
         dtype = _cell(col("dtype")) if "dtype" in header else "float"
         compare = _cell(col("compare")) if "compare" in header else "close"
-        if dtype not in ("float", "int"):
-            raise ValueError(f"dtype {dtype!r} is not float or int")
+        if dtype not in ("float", "int", "bool"):
+            raise ValueError(f"dtype {dtype!r} is not float, int or bool")
         if not re.fullmatch(r"close|greedy\(\w+\)", compare):
             raise ValueError(f"compare {compare!r} is not close or greedy(<logits output>)")
         spec.outputs[name] = Tensor(name, _shapes(col("shape")), _sections(col("sections")),
