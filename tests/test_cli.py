@@ -12,6 +12,7 @@ import pytest
 
 from conformance.cli import main
 from conformance.results import SCHEMA
+from conformance.spec import list_components
 
 
 def test_list_shows_components_and_availability(capsys):
@@ -41,7 +42,7 @@ def test_missing_framework_is_listed_as_unavailable(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["check", "attention", "--impl", "numpy"], "unknown component 'attention'; known: mha"),
+    (["check", "attention", "--impl", "numpy"], "unknown component 'attention'; known: " + ", ".join(list_components())),
     (["check", "mha", "--impl", "nump"], "unknown implementation 'nump' of 'mha'; registered: numpy, torch, keras"),
     (["check", "mha", "--impl", "numpy", "--dtype", "float8"], "unknown dtype 'float8'; valid: float64, float32"),
     (["check", "mha", "--impl", "no_such_pkg.mod:Impl"], "cannot import 'no_such_pkg.mod'"),
