@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
-    "Example", "Param", "Spec", "SpecError", "Tensor", "Weight",
+    "Example", "Param", "Spec", "SpecError", "Tensor",
     "evaluate", "find_spec_dir", "load_spec", "list_components",
 ]
 

@@ -38,3 +38,17 @@ def devices() -> list[str]:
 
         return ["cpu"] + (["gpu"] if tf.config.list_physical_devices("GPU") else [])
     return ["cpu"]
+
+
+class KerasImplementation:
+    """What every Keras implementation shares; a subclass names its component and builds its layer."""
+
+    name = "keras"
+    framework = "keras"
+    dtypes = ("float32", "float64")
+
+    def devices(self) -> list[str]:
+        return devices()
+
+    def backend(self) -> str:
+        return backend()

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from impls.keras import backend, devices
+from impls.keras import KerasImplementation
 
 # A key length of 1 is a valid input (every query sees one key); Keras warns about it on every call.
 warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
@@ -100,17 +100,8 @@ class _Instance:
         return {"output": ops.convert_to_numpy(output), "attention_weights": ops.convert_to_numpy(weights)}
 
 
-class Implementation:
+class Implementation(KerasImplementation):
     component = "mha"
-    name = "keras"
-    framework = "keras"
-    dtypes = ("float32", "float64")
-
-    def devices(self) -> list[str]:
-        return devices()
-
-    def backend(self) -> str:
-        return backend()
 
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
         return _Instance(config, dtype)

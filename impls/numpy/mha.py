@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from impls.numpy import NumpyImplementation
+
 
 def broadcast_mask(mask: np.ndarray | None, B: int, Lq: int, Lk: int) -> np.ndarray:
     """§7.2: a (B, Lq, Lk), (B, 1, Lk) or (Lq, Lk) boolean mask as (B, Lq, Lk); None is all-true."""
@@ -69,29 +71,8 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
     return {"output": output, "attention_weights": weights_}
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.config, self.dtype = dict(config), np.dtype(dtype)
-        self.weights: dict[str, np.ndarray] = {}
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        self.weights = {name: np.asarray(w, dtype=self.dtype) for name, w in weights.items()}
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        # §8: dropout is the identity at inference, so the rate is not used here.
-        return forward(self.config, self.weights, inputs)
-
-
-class Implementation:
+class Implementation(NumpyImplementation):
     """The registered NumPy implementation (and, in float64, the reference)."""
 
     component = "mha"
-    name = "numpy"
-    framework = "numpy"
-    dtypes = ("float32", "float64")
-
-    def devices(self) -> list[str]:
-        return ["cpu"]
-
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    forward = staticmethod(forward)

@@ -13,3 +13,14 @@ def devices() -> list[str]:
 
 def to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy()
+
+
+class TorchImplementation:
+    """What every PyTorch implementation shares; a subclass names its component and builds its module."""
+
+    name = "torch"
+    framework = "torch"
+    dtypes = ("float32", "float64")
+
+    def devices(self) -> list[str]:
+        return devices()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import devices, to_numpy
+from impls.torch import to_numpy, TorchImplementation
 
 
 class MultiHeadAttention(nn.Module):
@@ -77,14 +77,8 @@ class _Instance:
         return {"output": to_numpy(output), "attention_weights": to_numpy(weights)}
 
 
-class Implementation:
+class Implementation(TorchImplementation):
     component = "mha"
-    name = "torch"
-    framework = "torch"
-    dtypes = ("float32", "float64")
-
-    def devices(self) -> list[str]:
-        return devices()
 
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
         return _Instance(config, dtype, device)

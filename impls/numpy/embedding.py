@@ -1,0 +1,68 @@
+"""Token embedding with positional encoding in NumPy, written from spec/embedding.md.
+
+Run in float64 this is the reference every other implementation is compared
+with, so it follows the spec's equations one by one. Section numbers refer to
+spec/embedding.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from impls.numpy import NumpyImplementation
+
+BASE = 10000  # §6.5
+
+
+def sinusoid_angles(T: int, d_model: int, dtype: np.dtype) -> np.ndarray:
+    """§6.5: angle[pos, j] = pos / BASE**(2i / d_model) with 2i = j rounded down to even, as (T, d_model)."""
+    pos = np.arange(T, dtype=dtype)[:, None]  # (T, 1)
+    two_i = (np.arange(d_model) // 2 * 2).astype(dtype)  # (d_model,): 0, 0, 2, 2, 4, ...
+    return pos / dtype.type(BASE) ** (two_i / dtype.type(d_model))  # (T, d_model)
+
+
+def sinusoidal_table(T: int, d_model: int, dtype: np.dtype) -> np.ndarray:
+    """§6.5: sine in the even columns, cosine in the odd ones; with odd d_model the last column is a sine."""
+    angle = sinusoid_angles(T, d_model, dtype)  # (T, d_model)
+    PE = np.empty((T, d_model), dtype=dtype)
+    PE[:, 0::2] = np.sin(angle[:, 0::2])  # PE[pos, 2i]
+    PE[:, 1::2] = np.cos(angle[:, 1::2])  # PE[pos, 2i+1], same angle as column 2i
+    return PE
+
+
+def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """§6 and §7: the whole computation in the dtype of the weights."""
+    d_model, positional = config["d_model"], config["positional"]
+    E, P = weights["E"], weights["P"]
+    tokens = np.asarray(inputs["tokens"])
+    B, T = tokens.shape
+    dtype = E.dtype
+    if T > config["max_len"]:
+        raise ValueError(f"T = {T} exceeds max_len = {config['max_len']} (§7.3)")
+
+    emb = E[tokens]  # (B, T, d_model), §6.1: padding ids too (§7.2)
+    s = np.sqrt(dtype.type(d_model)) if config["scale"] else dtype.type(1)  # §6.2
+    if positional == "learned":
+        PE = P[:T]  # (T, d_model), §6.4
+    elif positional == "sinusoidal":
+        PE = sinusoidal_table(T, d_model, dtype)  # (T, d_model), §6.5
+    else:
+        raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {positional!r}")
+    x = emb * s + PE[None]  # (B, T, d_model), §6.6
+    padding_mask = tokens != 0  # (B, T), §7.1: True = a real token
+
+    if diagnostics is not None:  # the magnitude spec/embedding.md §8 scales the budget by
+        angle = sinusoid_angles(T, d_model, dtype) if positional == "sinusoidal" else np.zeros((T, d_model))
+        terms = np.abs(emb) * abs(s) + np.abs(PE)[None] + np.abs(angle)[None]  # (B, T, d_model)
+        diagnostics["x_scale"] = float(terms.max())
+    return {"x": x, "padding_mask": padding_mask}
+
+
+class Implementation(NumpyImplementation):
+    """The registered NumPy implementation (and, in float64, the reference)."""
+
+    component = "embedding"
+    forward = staticmethod(forward)

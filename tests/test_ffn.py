@@ -1,0 +1,188 @@
+"""The feed-forward component: wrong implementations rejected, converters, Keras config, framework GELU defaults."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import generate
+from conformance.engine import run_cell
+from conformance.spec import load_spec
+from impls import resolve
+
+WRONG = "tests/wrong_ffn.py"
+keras_installed = importlib.util.find_spec("keras") is not None
+
+
+@pytest.fixture(scope="module")
+def ffn_spec():
+    return load_spec(Path(__file__).resolve().parent.parent / "spec" / "ffn.md")
+
+
+def _plugin(root, name):
+    return resolve("ffn", f"{root / WRONG}:{name}")
+
+
+# (implementation, what the reason must say, the spec section it breaks)
+CASES = [
+    ("TanhForGelu", "differs from the reference", "6.2"),
+    ("ErfForGeluTanh", "differs from the reference", "6.3"),
+    ("DropoutAtInference", "differs from the reference", "7"),
+    ("NoFirstBias", "differs from the reference", "5.1"),
+]
+
+
+@pytest.mark.parametrize("name, reason, section", CASES, ids=[c[0] for c in CASES])
+def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, ffn_spec, name, reason, section):
+    cell = run_cell(ffn_spec, _plugin(root, name), "float32", "cpu", max_examples=60)
+    assert cell.verdict == "non-conformant", f"{name} ({section}) was not caught: {cell}"
+    assert reason in cell.reason
+    ex = cell.counterexample
+    assert ex is not None and "--example" in cell.repro
+    assert ex["B"] == 1 and ex["T"] == 1 and ex["d_model"] == 1 and ex["d_ff"] == 1  # shrunk
+    again = run_cell(ffn_spec, _plugin(root, name), "float32", "cpu", example=ex)
+    assert again.verdict == "non-conformant" and again.reason == cell.reason
+
+
+def test_erf_and_tanh_gelu_are_told_apart_in_float32_with_a_wide_margin(root, ffn_spec):
+    # the classic Keras/PyTorch mismatch: rejected by more than ten times its budget on the minimal example
+    for name in ("TanhForGelu", "ErfForGeluTanh"):
+        cell = run_cell(ffn_spec, _plugin(root, name), "float32", "cpu", max_examples=30)
+        err, budget = map(float, re.search(r"by (\S+) eps, budget (\S+) eps", cell.reason).groups())
+        assert err > 10 * budget, cell.reason
+
+
+def test_transposed_second_projection_is_caught_by_the_layout_example(root, ffn_spec):
+    # W_2 can only be used transposed when d_ff == d_model, which random search rarely draws
+    cell = run_cell(ffn_spec, _plugin(root, "TransposedSecondProjection"), "float32", "cpu", max_examples=3)
+    assert cell.verdict == "non-conformant"
+    assert cell.reason.startswith("worked example 'relu and layout by hand'")
+
+
+def test_the_control_is_conformant(root, ffn_spec):
+    cell = run_cell(ffn_spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=30)
+    assert cell.verdict == "conformant", cell.reason
+    assert 0 < cell.max_ratio <= 1
+
+
+def _arrays(ffn_spec, **config):
+    example = {"B": 2, "T": 3, "activation": "gelu", "dropout": 0.0, "seed": 1, "scale_exp": 0, **config}
+    weights, inputs = generate.make_arrays(ffn_spec, example)
+    return weights, inputs
+
+
+def test_torch_converter_transposes_into_linear_layout(ffn_spec):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    import torch
+    from impls.torch.ffn import FeedForward, load_canonical
+
+    w, x = _arrays(ffn_spec, d_model=3, d_ff=5)
+    module = FeedForward(3, 5, "gelu").to(torch.float64)
+    load_canonical(module, w)
+    np.testing.assert_array_equal(module.linear1.weight.detach().numpy(), w["W_1"].T)  # (out, in)
+    np.testing.assert_array_equal(module.linear2.weight.detach().numpy(), w["W_2"].T)
+    np.testing.assert_array_equal(module.linear1.bias.detach().numpy(), w["b_1"])
+    with pytest.raises(ValueError, match="activation must be one of relu, gelu, gelu_tanh, got 'swish'"):
+        FeedForward(3, 5, "swish")
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_converter_keeps_the_canonical_layout(ffn_spec):
+    from impls.keras.ffn import FeedForward, load_canonical
+
+    w, _ = _arrays(ffn_spec, d_model=3, d_ff=5)
+    layer = FeedForward(3, 5, dtype="float64")
+    layer.build()
+    load_canonical(layer, w)
+    np.testing.assert_array_equal(np.asarray(layer.kernel_1), w["W_1"])  # (in, out), as Dense
+    np.testing.assert_array_equal(np.asarray(layer.kernel_2), w["W_2"])
+    np.testing.assert_array_equal(np.asarray(layer.bias_2), w["b_2"])
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_layer_round_trips_through_config(ffn_spec):
+    import keras
+    from keras import ops
+    from impls.keras.ffn import FeedForward, load_canonical
+
+    w, x = _arrays(ffn_spec, d_model=4, d_ff=6)
+    layer = FeedForward(4, 6, activation="gelu_tanh", dropout=0.1, dtype="float64")
+    layer.build()
+    load_canonical(layer, w)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.get_config() == layer.get_config()
+    assert clone.built
+    load_canonical(clone, w)
+    args = ops.convert_to_tensor(x["x"])
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(args)), ops.convert_to_numpy(clone(args)))
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+@pytest.mark.parametrize("bad, message", [
+    ({"d_ff": 0}, "d_ff must be a positive integer, got 0"),
+    ({"d_model": 2.5}, "d_model must be a positive integer, got 2.5"),
+    ({"activation": "gelu_erf"}, "activation must be one of relu, gelu, gelu_tanh, got 'gelu_erf'"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+])
+def test_keras_layer_rejects_bad_arguments(bad, message):
+    from impls.keras.ffn import FeedForward
+
+    with pytest.raises(ValueError) as info:
+        FeedForward(**{"d_model": 4, "d_ff": 8, **bad})
+    assert message in str(info.value)
+
+
+# spec/ffn.md §9.2 and §9.3: the activations at -1, 1, 2
+H = np.array([-1.0, 1.0, 2.0])
+GELU = np.array([-0.15865525393145707, 0.8413447460685429, 1.9544997361036416])
+GELU_TANH = np.array([-0.15880800939172324, 0.8411919906082768, 1.954597694087775])
+
+
+def test_worked_gelu_values_follow_the_formulas():
+    np.testing.assert_allclose([0.5 * h * (1 + math.erf(h / math.sqrt(2))) for h in H], GELU, rtol=0, atol=1e-15)
+    tanh_form = [0.5 * h * (1 + math.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3))) for h in H]
+    np.testing.assert_allclose(tanh_form, GELU_TANH, rtol=0, atol=1e-15)
+
+
+def test_torch_gelu_defaults_are_as_the_spec_says():
+    """spec/ffn.md §6.4: torch's GELU is the erf form unless approximate='tanh'."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    h = torch.tensor(H, dtype=torch.float64)
+    np.testing.assert_allclose(torch.nn.functional.gelu(h).numpy(), GELU, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(torch.nn.GELU()(h).numpy(), GELU, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(torch.nn.functional.gelu(h, approximate="tanh").numpy(), GELU_TANH, rtol=0, atol=1e-15)
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_gelu_defaults_are_as_the_spec_says():
+    """spec/ffn.md §6.4: keras.activations.gelu is the erf form, keras.ops.gelu the tanh form.
+
+    In float32, where every backend computes them accurately; the two forms differ by 1.5e-4 here.
+    """
+    import keras
+    from keras import ops
+
+    h = ops.convert_to_tensor(H.astype(np.float32))
+    np.testing.assert_allclose(ops.convert_to_numpy(keras.activations.gelu(h)), GELU, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(keras.layers.Activation("gelu")(h)), GELU, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.gelu(h)), GELU_TANH, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(ops.gelu(h, approximate=False)), GELU, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not keras_installed or importlib.util.find_spec("torch") is None,
+                    reason="Keras or its torch backend is not installed")
+def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
+    """The other backends run in the calibration; this one is cheap enough for every test run."""
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "ffn", "--impl", "keras",
+                           "--examples", "30"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "2 conformant" in proc.stdout and "keras[torch]" in proc.stdout

@@ -1,0 +1,245 @@
+"""spec/lstm_classifier.md: wrong implementations rejected, converters, the Keras layer, and the
+frameworks' own LSTM layers recomputing the worked examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pytest
+
+from conformance import generate
+from conformance.engine import NonConformance, Runner, run_cell
+from conformance.spec import load_spec
+from impls import resolve
+
+WRONG = "tests/wrong_lstm_classifier.py"
+OUTPUTS = ("logits", "hidden_states", "h_n", "c_n")
+torch_installed = importlib.util.find_spec("torch") is not None
+keras_installed = importlib.util.find_spec("keras") is not None
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(Path(__file__).resolve().parent.parent / "spec" / "lstm_classifier.md")
+
+
+def _arrays(spec, **config):
+    example = {"d_in": 3, "hidden": 4, "num_layers": 2, "num_classes": 5, "B": 2, "T": 3,
+               "seed": 1, "scale_exp": 0, **config}
+    weights, inputs = generate.make_arrays(spec, example)
+    return example, weights, inputs
+
+
+# --- the frameworks' own layers, float64 (spec §7) -------------------------------
+
+def torch_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],
+                          inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """spec/lstm_classifier.md through torch.nn.LSTM and torch.nn.Linear, converted as spec §7.1 says."""
+    import torch
+
+    w = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in weights.items()}
+    lstm = torch.nn.LSTM(config["d_in"], config["hidden"], num_layers=config["num_layers"], batch_first=True,
+                         dtype=torch.float64).eval()
+    linear = torch.nn.Linear(config["hidden"], config["num_classes"], dtype=torch.float64)
+    with torch.no_grad():
+        for k in range(config["num_layers"]):
+            getattr(lstm, f"weight_ih_l{k}").copy_(w[f"W_x_{k}"].T)  # (4H, in), gate blocks i, f, g, o as ours
+            getattr(lstm, f"weight_hh_l{k}").copy_(w[f"W_h_{k}"].T)  # (4H, H)
+            getattr(lstm, f"bias_ih_l{k}").copy_(w[f"b_{k}"])
+            getattr(lstm, f"bias_hh_l{k}").zero_()  # both biases are added: one of them carries b
+        linear.weight.copy_(w["W_out"].T)
+        linear.bias.copy_(w["b_out"])
+        states, (h_n, c_n) = lstm(torch.tensor(np.asarray(inputs["x"], dtype=np.float64)))  # zero initial states
+        logits = linear(states[:, -1])
+    return {"logits": logits.numpy(), "hidden_states": states.numpy(), "h_n": h_n.numpy(), "c_n": c_n.numpy()}
+
+
+def keras_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],
+                          inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """spec/lstm_classifier.md through stacked keras.layers.LSTM and keras.layers.Dense, as spec §7.2 says."""
+    import keras
+    from keras import ops
+
+    seq = ops.convert_to_tensor(np.asarray(inputs["x"], dtype=np.float64))  # (B, T, d_in)
+    h_n, c_n = [], []
+    for k in range(config["num_layers"]):
+        lstm = keras.layers.LSTM(config["hidden"], return_sequences=True, return_state=True, dtype="float64")
+        lstm.build(tuple(seq.shape))
+        # kernel (in, 4H), recurrent_kernel (H, 4H), bias (4H,), gate blocks i, f, c, o: the canonical layout
+        lstm.set_weights([np.asarray(weights[f"W_x_{k}"], dtype=np.float64),
+                          np.asarray(weights[f"W_h_{k}"], dtype=np.float64),
+                          np.asarray(weights[f"b_{k}"], dtype=np.float64)])
+        seq, h, c = lstm(seq)  # (B, T, H), (B, H), (B, H)
+        h_n.append(ops.convert_to_numpy(h))
+        c_n.append(ops.convert_to_numpy(c))
+    dense = keras.layers.Dense(config["num_classes"], dtype="float64")
+    dense.build((None, config["hidden"]))
+    dense.set_weights([np.asarray(weights[name], dtype=np.float64) for name in ("W_out", "b_out")])
+    logits = dense(seq[:, -1, :])
+    return {"logits": ops.convert_to_numpy(logits), "hidden_states": ops.convert_to_numpy(seq),
+            "h_n": np.stack(h_n), "c_n": np.stack(c_n)}
+
+
+FRAMEWORK_LAYERS = {"torch.nn.LSTM": ("torch", torch_lstm_classifier),
+                    "keras.layers.LSTM": ("keras", keras_lstm_classifier)}
+
+
+@pytest.mark.parametrize("layer", list(FRAMEWORK_LAYERS))
+def test_framework_layer_agrees_with_every_worked_example(spec, layer):
+    """§7: with converted weights the frameworks' own LSTMs compute every worked example, by hand or not."""
+    module, compute = FRAMEWORK_LAYERS[layer]
+    pytest.importorskip(module, reason=f"{module} is not installed")
+    assert any(layer in ex.name for ex in spec.examples), f"no worked example was computed with {layer}"
+    for ex in spec.examples:
+        _, inputs = generate.worked_arrays(spec, ex.weights, ex.inputs)
+        got = compute(ex.config, ex.weights, inputs)
+        for name in OUTPUTS:
+            np.testing.assert_allclose(got[name], np.asarray(ex.expected[name], dtype=np.float64), rtol=0,
+                                       atol=1e-12, err_msg=f"{layer}, worked example {ex.name!r}, output {name!r}")
+
+
+# --- deliberately wrong implementations -------------------------------------------
+
+# (implementation, what the reason must say, the spec section it breaks, what the shrunk example must show)
+CASES = [
+    ("BookGateOrder", "differs from the reference", "3", {}),
+    ("HardSigmoid", "differs from the reference", "6.2", {}),
+    ("FirstStepClassified", "output 'logits' differs from the reference", "6.5", {"T": 2}),
+    ("BiasTwice", "differs from the reference", "7.1", {}),
+    ("SwappedStates", "output 'h_n' differs from the reference", "6.6", {}),
+    ("TopLayerStatesOnly", "output 'h_n' has shape (1, 1, 1), expected (2, 1, 1)", "6.6", {"num_layers": 2}),
+]
+
+
+def _plugin(root, name):
+    return resolve("lstm_classifier", f"{root / WRONG}:{name}")
+
+
+@pytest.mark.parametrize("name, reason, section, shrunk", CASES, ids=[c[0] for c in CASES])
+def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, spec, name, reason, section, shrunk):
+    cell = run_cell(spec, _plugin(root, name), "float32", "cpu", max_examples=40)
+    assert cell.verdict == "non-conformant", f"{name} (§{section}) was not caught: {cell}"
+    assert reason in cell.reason, cell.reason
+    ex = cell.counterexample
+    assert ex is not None and cell.repro and "--example" in cell.repro
+    # shrunk to the plainest example that still shows the mistake
+    plainest = {"d_in": 1, "hidden": 1, "num_layers": 1, "num_classes": 1, "B": 1, "T": 1, "scale_exp": 0}
+    assert {k: ex[k] for k in plainest} == {**plainest, **shrunk}, ex
+    assert ex["seed"] <= 10
+    again = run_cell(spec, _plugin(root, name), "float32", "cpu", example=ex)
+    assert again.verdict == "non-conformant" and again.reason == cell.reason
+
+
+def test_the_control_is_conformant(root, spec):
+    cell = run_cell(spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=60)
+    assert cell.verdict == "conformant", cell.reason
+    assert cell.examples >= 60 + len(spec.examples)
+    assert 0 < cell.max_ratio <= 0.1  # §8.2: a correct implementation stays at a tenth of its budget
+    assert set(cell.max_error) == set(OUTPUTS)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_a_worked_example_by_hand_rejects_each_mistake(root, spec, name):
+    """§9.1 and §9.2 alone catch every mistake above, whatever the random search finds."""
+    runner = Runner(spec, _plugin(root, name), "float32", "cpu")
+    caught = []
+    for ex in (ex for ex in spec.examples if ex.name.endswith("by hand")):
+        try:
+            runner.run_worked(ex)
+        except NonConformance:
+            caught.append(ex.name)
+    assert caught, f"{name} passes every worked example computed by hand"
+
+
+# --- converters (spec §7) and the Keras layer ----------------------------------------
+
+@pytest.mark.skipif(not torch_installed, reason="PyTorch is not installed")
+def test_torch_converter_gives_torch_nn_lstm_layout(spec):
+    import torch
+    from impls.torch.lstm_classifier import LSTMClassifier, load_canonical
+
+    _, w, x = _arrays(spec)
+    module = LSTMClassifier(3, 4, 2, 5).to(torch.float64)
+    load_canonical(module, w)
+    np.testing.assert_array_equal(module.weight_ih_l0.detach().numpy(), w["W_x_0"].T)  # (4H, d_in)
+    np.testing.assert_array_equal(module.weight_hh_l1.detach().numpy(), w["W_h_1"].T)  # (4H, H)
+    np.testing.assert_array_equal(module.bias_ih_l1.detach().numpy(), w["b_1"])
+    np.testing.assert_array_equal(module.bias_hh_l0.detach().numpy(), np.zeros(16))
+    np.testing.assert_array_equal(module.classifier.weight.detach().numpy(), w["W_out"].T)
+    # the same parameters, by name, drive torch.nn.LSTM to the same states
+    lstm = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True, dtype=torch.float64)
+    lstm.load_state_dict({k: v for k, v in module.state_dict().items() if not k.startswith("classifier.")})
+    with torch.no_grad():
+        states, (h_n, c_n) = lstm(torch.tensor(x["x"]))
+        _, ours, our_h, our_c = module(torch.tensor(x["x"]))
+    for theirs, mine in ((states, ours), (h_n, our_h), (c_n, our_c)):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_converter_keeps_the_canonical_layout(spec):
+    from impls.keras.lstm_classifier import LSTMClassifier, load_canonical
+
+    _, w, _ = _arrays(spec)
+    layer = LSTMClassifier(3, 4, 2, 5, dtype="float64")
+    layer.build()
+    load_canonical(layer, w)
+    assert tuple(layer.kernels[0].shape) == (3, 16) and tuple(layer.kernels[1].shape) == (4, 16)
+    np.testing.assert_array_equal(np.asarray(layer.kernels[1]), w["W_x_1"])
+    np.testing.assert_array_equal(np.asarray(layer.recurrent_kernels[0]), w["W_h_0"])
+    np.testing.assert_array_equal(np.asarray(layer.biases[1]), w["b_1"])
+    np.testing.assert_array_equal(np.asarray(layer.output_kernel), w["W_out"])
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_layer_round_trips_through_config(spec):
+    import keras
+    from keras import ops
+    from impls.keras.lstm_classifier import LSTMClassifier, load_canonical
+
+    _, w, x = _arrays(spec)
+    layer = LSTMClassifier(3, 4, 2, 5, dtype="float64")
+    layer.build()
+    load_canonical(layer, w)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.get_config() == layer.get_config()
+    assert clone.built  # the serialized build config rebuilds it
+    load_canonical(clone, w)
+    inputs = ops.convert_to_tensor(x["x"])
+    for a, b in zip(layer(inputs), clone(inputs)):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+@pytest.mark.parametrize("bad, message", [
+    ({"hidden": 0}, "hidden must be a positive integer, got 0"),
+    ({"num_layers": 1.5}, "num_layers must be a positive integer, got 1.5"),
+    ({"d_in": True}, "d_in must be a positive integer, got True"),
+])
+def test_keras_layer_rejects_bad_arguments(bad, message):
+    from impls.keras.lstm_classifier import LSTMClassifier
+
+    with pytest.raises(ValueError) as info:
+        LSTMClassifier(**{"d_in": 2, "hidden": 3, "num_layers": 1, "num_classes": 2, **bad})
+    assert message in str(info.value)
+
+
+def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
+    """The Keras layer on a second backend, in its own process (tests/test_mha.py runs every backend for mha)."""
+    if not keras_installed or not torch_installed:
+        pytest.skip("Keras or PyTorch is not installed")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "lstm_classifier", "--impl", "keras",
+                           "--examples", "20", "-o", str(out)],
+                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    cells = json.loads(out.read_text())["cells"]
+    assert {(c["backend"], c["dtype"], c["verdict"]) for c in cells} == {
+        ("torch", "float32", "conformant"), ("torch", "float64", "conformant")}

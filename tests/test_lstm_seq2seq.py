@@ -1,0 +1,234 @@
+"""lstm_seq2seq: wrong implementations rejected, greedy comparison, converters, Keras config, torch.nn.LSTM check."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conformance import generate
+from conformance.engine import Runner, run_cell
+from conformance.spec import load_spec
+from impls import builtin, resolve
+
+WRONG = "tests/wrong_lstm_seq2seq.py"
+keras_installed = importlib.util.find_spec("keras") is not None
+
+
+@pytest.fixture(scope="module")
+def spec():
+    from conformance.spec import find_spec_dir
+
+    return load_spec(find_spec_dir() / "lstm_seq2seq.md")
+
+
+def _plugin(root, name):
+    return resolve("lstm_seq2seq", f"{root / WRONG}:{name}")
+
+
+# (implementation, what the reason must say, the spec section it breaks)
+CASES = [
+    ("HiddenStateFirst", "output 'logits' differs from the reference", "6.5"),
+    ("AttendsToOwnStates", "output 'logits' differs from the reference", "6.4"),
+    ("ScaledScores", "output 'logits' differs from the reference", "6.4"),
+    ("DecoderCellStartsAtZero", "output 'logits' differs from the reference", "6.3"),
+    ("GatesInONNXOrder", "output 'logits' differs from the reference", "6.1"),
+    ("BiasCountedTwice", "output 'logits' differs from the reference", "6.1"),
+    # teacher forcing is right in these two: only the greedy comparison (§7.1) can see them
+    ("GenerationFedTeacherTokens", "output 'generated' differs at index", "6.7"),
+    ("GenerationStartsAtOne", "output 'generated' differs at index", "6.7"),
+]
+
+
+@pytest.mark.parametrize("name, reason, section", CASES, ids=[c[0] for c in CASES])
+def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, spec, name, reason, section):
+    cell = run_cell(spec, _plugin(root, name), "float32", "cpu", max_examples=100)
+    assert cell.verdict == "non-conformant", f"{name} (§{section}) was not caught: {cell}"
+    assert reason in cell.reason, cell.reason
+    ex = cell.counterexample
+    assert ex is not None and cell.repro and "--example" in cell.repro
+    assert ex["B"] == 1 and ex["seed"] <= 10  # shrunk
+    again = run_cell(spec, _plugin(root, name), "float32", "cpu", example=ex)
+    assert again.verdict == "non-conformant" and again.reason == cell.reason
+
+
+@pytest.mark.parametrize("name, example", [
+    ("GenerationStartsAtOne", "one hidden unit by hand"),
+    ("GenerationFedTeacherTokens", "one hidden unit by hand"),
+    ("ScaledScores", "two sequences from torch.nn.LSTM"),
+])
+def test_worked_examples_catch_what_one_random_example_misses(root, spec, name, example):
+    cell = run_cell(spec, _plugin(root, name), "float32", "cpu", max_examples=1)
+    assert cell.verdict == "non-conformant" and cell.reason.startswith(f"worked example {example!r}"), cell.reason
+
+
+def test_the_control_is_conformant(root, spec):
+    cell = run_cell(spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=100)
+    assert cell.verdict == "conformant", cell.reason
+    assert 0 < cell.max_ratio <= 0.2 and set(cell.max_error) == {"logits", "attention_weights"}
+
+
+def test_torch_implementation_in_float32_is_conformant(spec):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    cell = run_cell(spec, builtin("lstm_seq2seq", "torch"), "float32", "cpu", max_examples=100)
+    assert cell.verdict == "conformant", cell.reason
+
+
+def test_a_near_tie_is_not_a_disagreement(root, spec):
+    """§7.1: where the best two logits tie, the pick and every later step go uncompared."""
+    from impls.numpy.lstm_seq2seq import forward
+
+    config = {"src_vocab": 3, "tgt_vocab": 3, "d_embed": 2, "hidden": 2, "N": 3, "B": 2, "S": 2, "T": 2}
+    weights, inputs = generate.make_arrays(spec, {**config, "seed": 3, "scale_exp": 0})
+    weights["W_out"][:, 1] = weights["W_out"][:, 2]  # logits 1 and 2 always equal...
+    weights["b_out"][1] = weights["b_out"][2]
+    weights["b_out"][0] = weights["b_out"][2] - 10.0  # ...and larger than logit 0
+    diagnostics = {}
+    reference = forward(config, weights, inputs, diagnostics)
+    assert (diagnostics["generated_margin"][:, 0] == 0).all() and (reference["generated"][:, 0] == 1).all()
+
+    candidate = _plugin(root, "TiesToHigherId")
+    got = candidate.load().build(config, dtype="float64", device="cpu")
+    got.load(weights)
+    assert (got(inputs)["generated"][:, 0] == 2).all()  # it disagrees from the first step on...
+    Runner(spec, candidate, "float32", "cpu").compare(config, config, weights, inputs)  # ...and is accepted
+
+
+def test_torch_converter_transposes_into_linear_layout(spec):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    import torch
+    from impls.torch.lstm_seq2seq import AttentionSeq2Seq, load_canonical
+
+    config = {"src_vocab": 5, "tgt_vocab": 7, "d_embed": 3, "hidden": 4, "N": 2}
+    weights, _ = generate.make_arrays(spec, {**config, "B": 1, "S": 1, "T": 1, "seed": 1, "scale_exp": 0})
+    module = AttentionSeq2Seq(**config).to(torch.float64)
+    load_canonical(module, weights)
+    np.testing.assert_array_equal(module.encoder.x_proj.weight.detach().numpy(), weights["W_x_enc"].T)  # (out, in)
+    np.testing.assert_array_equal(module.decoder.h_proj.weight.detach().numpy(), weights["W_h_dec"].T)
+    np.testing.assert_array_equal(module.decoder.x_proj.bias.detach().numpy(), weights["b_dec"])
+    assert module.decoder.h_proj.bias is None  # one bias per LSTM (§3)
+    np.testing.assert_array_equal(module.out_proj.weight.detach().numpy(), weights["W_out"].T)
+    np.testing.assert_array_equal(module.tgt_embed.weight.detach().numpy(), weights["E_tgt"])
+
+
+def _keras_layer(spec, dtype="float64", **overrides):
+    from impls.keras.lstm_seq2seq import AttentionSeq2Seq, load_canonical
+
+    config = {"src_vocab": 5, "tgt_vocab": 7, "d_embed": 3, "hidden": 4, "N": 3, **overrides}
+    weights, inputs = generate.make_arrays(spec, {**config, "B": 2, "S": 4, "T": 3, "seed": 2, "scale_exp": 0})
+    layer = AttentionSeq2Seq(**config, dtype=dtype)
+    layer.build()
+    load_canonical(layer, weights)
+    return layer, weights, inputs
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_converter_maps_names_onto_the_lstmcell_layout(spec):
+    from keras import ops
+    from impls.keras.lstm_seq2seq import CANONICAL_NAMES
+
+    layer, weights, _ = _keras_layer(spec)
+    assert set(CANONICAL_NAMES) == set(weights)
+    for name, variable in CANONICAL_NAMES.items():
+        np.testing.assert_array_equal(ops.convert_to_numpy(getattr(layer, variable)), weights[name])
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+def test_keras_layer_round_trips_through_config(spec):
+    import keras
+    from keras import ops
+    from impls.keras.lstm_seq2seq import load_canonical
+
+    layer, weights, inputs = _keras_layer(spec)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.get_config() == layer.get_config() and clone.get_config()["N"] == 3
+    assert clone.built
+    load_canonical(clone, weights)
+    args = [ops.convert_to_tensor(inputs[n]) for n in ("source", "target_in")]
+    for a, b in zip(layer(*args), clone(*args)):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+
+
+@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
+@pytest.mark.parametrize("bad, message", [
+    ({"hidden": 0}, "hidden must be a positive integer, got 0"),
+    ({"d_embed": 2.5}, "d_embed must be a positive integer, got 2.5"),
+    ({"N": True}, "N must be a positive integer, got True"),
+])
+def test_keras_layer_rejects_bad_arguments(bad, message):
+    from impls.keras.lstm_seq2seq import AttentionSeq2Seq
+
+    with pytest.raises(ValueError) as info:
+        AttentionSeq2Seq(**{"src_vocab": 4, "tgt_vocab": 4, "d_embed": 2, "hidden": 2, "N": 2, **bad})
+    assert message in str(info.value)
+
+
+def torch_seq2seq(config, weights, inputs):
+    """spec/lstm_seq2seq.md with torch.nn.LSTM for both LSTMs; attention and output in a few torch ops.
+
+    Uses PyTorch's own LSTM, not our implementation, so it checks the spec's
+    numbers independently: weight_ih = W_x^T, weight_hh = W_h^T, bias_ih = b,
+    bias_hh = 0 (nn.LSTM's gate order is i, f, g, o too).
+    """
+    import torch
+
+    w = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in weights.items()}
+
+    def lstm(side):
+        layer = torch.nn.LSTM(config["d_embed"], config["hidden"], batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            layer.weight_ih_l0.copy_(w[f"W_x_{side}"].T)
+            layer.weight_hh_l0.copy_(w[f"W_h_{side}"].T)
+            layer.bias_ih_l0.copy_(w[f"b_{side}"])
+            layer.bias_hh_l0.zero_()
+        return layer
+
+    encoder, decoder = lstm("enc"), lstm("dec")
+    source, target_in = (torch.tensor(np.asarray(inputs[n])) for n in ("source", "target_in"))
+
+    def attend_and_project(dec_hs, hs_enc):  # (B, L, hidden), (B, S, hidden)
+        a = torch.softmax(dec_hs @ hs_enc.transpose(1, 2), dim=-1)  # (B, L, S)
+        features = torch.cat([a @ hs_enc, dec_hs], dim=-1)  # (B, L, 2*hidden): context, then h
+        return a, features @ w["W_out"] + w["b_out"]  # (B, L, tgt_vocab)
+
+    with torch.no_grad():
+        hs_enc, state = encoder(w["E_src"][source])  # zero initial state; state = (h_S, c_S)
+        dec_hs, _ = decoder(w["E_tgt"][target_in], state)  # teacher forcing from the encoder's (h, c)
+        attention, logits = attend_and_project(dec_hs, hs_enc)
+        token, generated = torch.zeros_like(source[:, :1]), []  # start id 0, (B, 1)
+        for _ in range(config["N"]):
+            h, state = decoder(w["E_tgt"][token], state)
+            token = attend_and_project(h, hs_enc)[1].argmax(dim=-1)  # (B, 1)
+            generated.append(token)
+    return {"logits": logits.numpy(), "attention_weights": attention.numpy(),
+            "generated": torch.cat(generated, dim=1).numpy()}
+
+
+def test_torch_lstm_agrees_with_every_worked_example(spec):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    assert any("torch.nn.LSTM" in ex.name for ex in spec.examples)
+    for ex in spec.examples:
+        got = torch_seq2seq(ex.config, ex.weights, generate.worked_arrays(spec, ex.weights, ex.inputs)[1])
+        np.testing.assert_array_equal(got["generated"], np.asarray(ex.expected["generated"]), err_msg=ex.name)
+        for name in ("logits", "attention_weights"):
+            np.testing.assert_allclose(got[name], np.asarray(ex.expected[name]), rtol=0, atol=1e-12,
+                                       err_msg=f"{ex.name}: {name}")
+
+
+def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
+    """Keras fixes its backend once per process; the torch backend runs in its own."""
+    if not keras_installed or importlib.util.find_spec("torch") is None:
+        pytest.skip("Keras or PyTorch is not installed")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "lstm_seq2seq", "--impl", "keras",
+                           "--examples", "20", "-o", str(out)], env={**os.environ, "KERAS_BACKEND": "torch"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    cells = json.loads(out.read_text())["cells"]
+    assert {(c["backend"], c["dtype"], c["verdict"]) for c in cells} == {
+        ("torch", "float32", "conformant"), ("torch", "float64", "conformant")}

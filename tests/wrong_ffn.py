@@ -1,0 +1,77 @@
+"""Deliberately wrong implementations of spec/ffn.md, loaded through the plug-in interface.
+
+Each one makes a mistake people really make when porting a Transformer's
+feed-forward block between frameworks. The harness must reject every one of
+them in float32; tests/test_ffn.py checks that it does and what it reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from impls.numpy.ffn import ACTIVATIONS, gelu, gelu_tanh
+
+
+def _ffn(config, weights, x, *, activations=ACTIVATIONS, first_bias=True, transpose_W_2=False,
+         dropout_rng=None):
+    """spec/ffn.md §5 with one switch per mistake; the defaults are the spec."""
+    h = x @ weights["W_1"] + (weights["b_1"] if first_bias else 0)  # (B, T, d_ff)
+    a = activations[config["activation"]](h)
+    if dropout_rng is not None and config["dropout"] > 0:
+        keep = dropout_rng.random(a.shape) >= config["dropout"]
+        a = (a * keep / (1 - config["dropout"])).astype(x.dtype)
+    W_2 = weights["W_2"]
+    if transpose_W_2 and W_2.shape[0] == W_2.shape[1]:
+        W_2 = W_2.T
+    return {"y": a @ W_2 + weights["b_2"]}  # (B, T, d_model)
+
+
+class _Wrong:
+    """A NumPy implementation whose forward pass is `_ffn` with some switches set."""
+
+    component = "ffn"
+    framework = "numpy"
+    options: dict[str, Any] = {}
+
+    def build(self, config, *, dtype, device):
+        options = self.options
+
+        class Instance:
+            def load(self, weights):
+                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
+
+            def __call__(self, inputs):
+                return _ffn(config, self.weights, inputs["x"], **options)
+
+        return Instance()
+
+
+class TanhForGelu(_Wrong):
+    """`gelu` computed with the tanh approximation, as keras.ops.gelu does by default (§6.2)."""
+    options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
+
+
+class ErfForGeluTanh(_Wrong):
+    """`gelu_tanh` computed with the exact erf form, as torch's default GELU does (§6.3)."""
+    options = {"activations": {**ACTIVATIONS, "gelu_tanh": gelu}}
+
+
+class DropoutAtInference(_Wrong):
+    """Applies dropout after the activation although conformance is judged at inference (§7)."""
+    options = {"dropout_rng": np.random.default_rng(0)}
+
+
+class NoFirstBias(_Wrong):
+    """The first projection built without a bias, b_1 ignored (§5.1)."""
+    options = {"first_bias": False}
+
+
+class TransposedSecondProjection(_Wrong):
+    """Uses W_2 in PyTorch's (out, in) layout where the shapes allow it (§3)."""
+    options = {"transpose_W_2": True}
+
+
+class Correct(_Wrong):
+    """No switch set: follows the spec (a control for the cases above)."""
