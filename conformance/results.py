@@ -65,6 +65,9 @@ def write_results(path: Path | str, cells: Iterable[CellResult], command: list[s
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -156,6 +157,10 @@ def load_target(target: str) -> Any:
         path = Path(module_name)
         if not path.is_file():
             raise UsageError(f"no such file {module_name!r} (from {target!r})")
+        # like running a script: the file's folder is importable, so it can import its neighbours
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(f"_conformance_plugin_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -8,9 +8,10 @@ tests/test_embedding.py checks that it does and what it reports.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
+
+from wrong_base import Switchable
 
 BASE = 10000.0
 
@@ -58,24 +59,10 @@ def _embed(config, weights, tokens, *, layout="interleaved", scale="tokens", fir
     return {"x": x.astype(dtype), "padding_mask": padding_mask}
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_embed` with some switches set."""
 
     component = "embedding"
-    framework = "numpy"
-    options: dict[str, Any] = {}
-
-    def build(self, config, *, dtype, device):
-        impl = self
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                return impl.forward(config, self.weights, inputs)
-
-        return Instance()
 
     def forward(self, config, weights, inputs):
         return _embed(config, weights, inputs["tokens"], **self.options)

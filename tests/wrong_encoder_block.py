@@ -9,9 +9,10 @@ it does and what it reports.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
+
+from wrong_base import Switchable
 
 from impls.numpy import ffn, mha
 
@@ -53,24 +54,13 @@ def _block(config, w, x, padding, *, norm=None, ddof=0, epsilon=None, eps_outsid
     return {"y": y, "attention_weights": attn}
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_block` with some switches set."""
 
     component = "encoder_block"
-    framework = "numpy"
-    options: dict[str, Any] = {}
 
-    def build(self, config, *, dtype, device):
-        options = self.options
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                return _block(config, self.weights, inputs["x"], inputs.get("padding_mask"), **options)
-
-        return Instance()
+    def forward(self, config, weights, inputs):
+        return _block(config, weights, inputs["x"], inputs.get("padding_mask"), **self.options)
 
 
 class PreNormForPostNorm(_Wrong):

@@ -7,9 +7,10 @@ them in float32; tests/test_ffn.py checks that it does and what it reports.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
+
+from wrong_base import Switchable
 
 from impls.numpy.ffn import ACTIVATIONS, gelu, gelu_tanh
 
@@ -28,24 +29,13 @@ def _ffn(config, weights, x, *, activations=ACTIVATIONS, first_bias=True, transp
     return {"y": a @ W_2 + weights["b_2"]}  # (B, T, d_model)
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_ffn` with some switches set."""
 
     component = "ffn"
-    framework = "numpy"
-    options: dict[str, Any] = {}
 
-    def build(self, config, *, dtype, device):
-        options = self.options
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                return _ffn(config, self.weights, inputs["x"], **options)
-
-        return Instance()
+    def forward(self, config, weights, inputs):
+        return _ffn(config, weights, inputs["x"], **self.options)
 
 
 class TanhForGelu(_Wrong):

@@ -7,9 +7,10 @@ in float32; tests/test_lstm_classifier.py checks that it does and what it report
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
+
+from wrong_base import Switchable
 
 from impls.numpy.lstm_classifier import sigmoid
 
@@ -50,24 +51,13 @@ def _lstm(config, weights, inputs, *, gate_order="ifgo", gate=sigmoid, bias_time
     return {"logits": logits, "hidden_states": seq, "h_n": h_n, "c_n": c_n}
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_lstm` with some switches set."""
 
     component = "lstm_classifier"
-    framework = "numpy"
-    options: dict[str, Any] = {}
 
-    def build(self, config, *, dtype, device):
-        options = self.options
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                return _lstm(config, self.weights, inputs, **options)
-
-        return Instance()
+    def forward(self, config, weights, inputs):
+        return _lstm(config, weights, inputs, **self.options)
 
 
 class BookGateOrder(_Wrong):

@@ -8,9 +8,10 @@ checks that it does and what it reports.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
+
+from wrong_base import Switchable
 
 from impls.numpy.lstm_seq2seq import sigmoid
 
@@ -81,24 +82,13 @@ def _seq2seq(config, w, inputs, *, concat="context_first", memory="encoder", sco
             "generated": np.stack([pick(z) for z in gen_logits], axis=1)}
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_seq2seq` with some switches set."""
 
     component = "lstm_seq2seq"
-    framework = "numpy"
-    options: dict[str, Any] = {}
 
-    def build(self, config, *, dtype, device):
-        options = self.options
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                return _seq2seq(config, self.weights, inputs, **options)
-
-        return Instance()
+    def forward(self, config, weights, inputs):
+        return _seq2seq(config, weights, inputs, **self.options)
 
 
 class HiddenStateFirst(_Wrong):

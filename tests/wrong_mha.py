@@ -11,6 +11,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from wrong_base import Switchable
+
 from impls.numpy.mha import broadcast_mask, masked_softmax
 
 
@@ -59,26 +61,15 @@ def uniform_softmax(scores, mask):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class _Wrong:
+class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_attention` with some switches set."""
 
     component = "mha"
-    framework = "numpy"
-    options: dict[str, Any] = {}
     post: Callable[[dict, Mapping[str, Any]], dict] | None = None
 
-    def build(self, config, *, dtype, device):
-        impl = self
-
-        class Instance:
-            def load(self, weights):
-                self.weights = {k: v.astype(dtype) for k, v in weights.items()}
-
-            def __call__(self, inputs):
-                out = _attention(config, self.weights, inputs, **impl.options)
-                return impl.post(out, inputs) if impl.post else out
-
-        return Instance()
+    def forward(self, config, weights, inputs):
+        out = _attention(config, weights, inputs, **self.options)
+        return self.post(out, inputs) if self.post else out
 
 
 class ScaledByDModel(_Wrong):
