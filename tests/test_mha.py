@@ -12,6 +12,8 @@ import pytest
 
 from conformance import generate
 
+from checks import keras_round_trip
+
 
 def _weights(mha_spec, **config):
     example = {"B": 2, "Lq": 3, "Lk": 4, "mask": "none", "dropout": 0.0, "seed": 1, "scale_exp": 0, **config}
@@ -51,21 +53,13 @@ def test_keras_converter_splits_heads_into_einsum_kernels(mha_spec):
 
 @pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
 def test_keras_layer_round_trips_through_config(mha_spec):
-    import keras
-    from keras import ops
     from impls.keras.mha import MultiHeadAttention, load_canonical
 
     example, w, x = _weights(mha_spec, d_model=5, num_heads=3, d_head=2)
     layer = MultiHeadAttention(5, 3, 2, dropout=0.1, dtype="float64")
     layer.build()
     load_canonical(layer, w)
-    clone = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert clone.get_config() == layer.get_config()
-    assert clone.built  # the serialized build config rebuilds it
-    load_canonical(clone, w)
-    args = [ops.convert_to_tensor(x[n]) for n in ("query", "key", "value")]
-    for a, b in zip(layer(*args), clone(*args)):
-        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    keras_round_trip(layer, load_canonical, w, *(x[n] for n in ("query", "key", "value")))
 
 
 @pytest.mark.skipif(not keras_installed, reason="Keras is not installed")

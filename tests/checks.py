@@ -1,0 +1,42 @@
+"""Assertions the component test modules share."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from conformance.engine import CellResult, run_cell
+from conformance.spec import Spec
+from impls import resolve
+
+
+def rejected(spec: Spec, target: str, *, reason: str, max_examples: int) -> CellResult:
+    """A wrong implementation run in float32: non-conformant for `reason`, caught by the random
+    search (so there is a counterexample and a repro line), and reproduced by that example alone."""
+    cell = run_cell(spec, resolve(spec.component, target), "float32", "cpu", max_examples=max_examples)
+    assert cell.verdict == "non-conformant", f"{target} was not caught: {cell}"
+    assert reason in cell.reason, cell.reason
+    ex = cell.counterexample
+    assert ex is not None and cell.repro and "--example" in cell.repro
+    again = run_cell(spec, resolve(spec.component, target), "float32", "cpu", example=ex)
+    assert again.verdict == "non-conformant" and again.reason == cell.reason
+    return cell
+
+
+def keras_round_trip(layer: Any, load: Callable[[Any, dict], None], weights: dict, *inputs: Any) -> Any:
+    """Serialize a built, loaded Keras layer and rebuild it: same config, built, same outputs."""
+    import keras
+    from keras import ops
+
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert clone.get_config() == layer.get_config()
+    assert clone.built  # the serialized build config rebuilds it
+    load(clone, weights)
+    tensors = [ops.convert_to_tensor(x) for x in inputs]
+    ours, theirs = layer(*tensors), clone(*tensors)
+    if not isinstance(ours, (tuple, list)):
+        ours, theirs = [ours], [theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    return clone
