@@ -8,11 +8,10 @@ import os
 import sys
 from typing import Any, Sequence
 
-from conformance import tolerances
 from conformance.engine import CellResult, cells_of, run_cell, run_matrix
 from conformance.results import HEADER, format_cell, summary_line, write_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
-from impls import Registered, UsageError, registry, resolve
+from impls import DEVICES, DTYPES, MODES, Registered, UsageError, registry, resolve
 
 #: Examples per cell for each profile; --examples overrides.
 PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
@@ -46,12 +45,17 @@ def _parser() -> argparse.ArgumentParser:
                              f"(default: $CONFORMANCE_PROFILE or {DEFAULT_PROFILE})")
         sp.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0: runs repeat exactly)")
 
+    def axis_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dtype", action="append", help=f"repeatable: {', '.join(DTYPES)} (default: all)")
+        sp.add_argument("--device", action="append", help=f"repeatable: {', '.join(DEVICES)} (default: all; "
+                                                          "those this machine lacks come out not-available)")
+        sp.add_argument("--mode", action="append", help=f"repeatable: {', '.join(MODES)} (default: all)")
+
     ck = sub.add_parser("check", help="check one implementation of one component")
     ck.add_argument("component", help="a component id, e.g. mha (see 'conformance list')")
     ck.add_argument("--impl", required=True, help="a registered name, or a plug-in as package.module:attr "
                                                   "or path/to/file.py:attr")
-    ck.add_argument("--dtype", action="append", help="repeatable; default: every dtype the implementation supports")
-    ck.add_argument("--device", action="append", help="repeatable; default: every device it sees")
+    axis_args(ck)
     ck.add_argument("--example", help="replay one example given as JSON (as printed in a failure's repro line)")
     ck.add_argument("--output", "-o", help="also write the results to this JSON file")
     budget_args(ck)
@@ -60,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="the whole matrix: every registered implementation of every component")
     rn.add_argument("--framework", action="append", help="only implementations in these frameworks (repeatable)")
     rn.add_argument("--component", action="append", help="only these components (repeatable)")
-    rn.add_argument("--dtype", action="append", help="repeatable; default: every dtype each implementation supports")
+    axis_args(rn)
     rn.add_argument("--output", "-o", default="reports/results.json", help="results file (default %(default)s)")
     budget_args(rn)
     rn.set_defaults(func=cmd_run)
@@ -76,10 +80,20 @@ def _specs(names: Sequence[str] | None) -> list[Spec]:
     return [load_spec(spec_dir / f"{n}.md") for n in (names or known)]
 
 
-def _check_dtypes(dtypes: Sequence[str] | None) -> None:
-    for d in dtypes or []:
-        if d not in tolerances.DTYPES:
-            raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(tolerances.DTYPES)}")
+def _check_axes(args: argparse.Namespace) -> None:
+    for flag, given, valid in (("--dtype", args.dtype, DTYPES), ("--device", args.device, DEVICES),
+                               ("--mode", args.mode, MODES)):
+        for value in given or []:
+            if value not in valid:
+                raise UsageError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
+
+
+def _exit_code(cells: list[CellResult]) -> int:
+    """0 when something ran and nothing failed; cells that cannot run here are not failures."""
+    ran = [c for c in cells if c.verdict not in ("unsupported", "not-available")]
+    if not ran:
+        print("nothing ran: every cell asked for is unsupported or not available here", file=sys.stderr)
+    return 0 if ran and all(c.verdict == "conformant" for c in ran) else 1
 
 
 def _examples(args: argparse.Namespace) -> int:
@@ -92,7 +106,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     components = list_components()
     rows = [_describe(r) for r in registry()]
     if args.json:
-        json.dump({"components": components, "dtypes": list(tolerances.DTYPES), "implementations": rows},
+        json.dump({"components": components, "dtypes": list(DTYPES), "devices": list(DEVICES),
+                   "modes": list(MODES), "implementations": rows},
                   sys.stdout, indent=1)
         print()
         return 0
@@ -103,7 +118,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in (r for r in rows if r["component"] == c):
             name = row["name"] + (f"[{row['backend']}]" if row["backend"] else "")
             if row["available"]:
-                status = f"dtypes {', '.join(row['dtypes'])}; devices {', '.join(row['devices'])}"
+                status = (f"dtypes {', '.join(row['dtypes'])}; modes {', '.join(row['modes'])}; "
+                          f"devices {', '.join(row['devices'])}")
             else:
                 status = f"unavailable: {row['reason']}"
             print(f"  {name:<20} {row['framework']:<8} {status}")
@@ -116,11 +132,11 @@ def _describe(r: Registered) -> dict[str, Any]:
     """One implementation for `list`; importing it is how its dtypes and devices are known."""
     row: dict[str, Any] = {"component": r.component, "name": r.name, "framework": r.framework,
                            "source": r.source, "target": r.target, "available": False, "reason": None,
-                           "backend": None, "dtypes": [], "devices": []}
+                           "backend": None, "dtypes": [], "modes": [], "devices": []}
     row["reason"] = r.unavailable_reason() if r.component != "?" else r.source
     if row["reason"] is None:
         try:
-            row.update(dtypes=list(r.dtypes), devices=r.devices(), backend=r.backend(), available=True)
+            row.update(dtypes=list(r.dtypes), modes=list(r.modes), devices=r.devices(), backend=r.backend(), available=True)
         except Exception as e:  # installed but broken: shown, not fatal
             row["reason"] = f"failed to load: {type(e).__name__}: {e}"
     return row
@@ -131,7 +147,7 @@ def _print_cell(cell: CellResult) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _check_dtypes(args.dtype)
+    _check_axes(args)
     spec = _specs([args.component])[0]
     impl = resolve(args.component, args.impl)
     example = None
@@ -146,20 +162,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     n = _examples(args)
     print(HEADER)
     if example is None:
-        cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, max_examples=n,
-                           seed=args.seed, on_result=_print_cell)
+        cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, modes=args.mode,
+                           max_examples=n, seed=args.seed, on_result=_print_cell)
     else:
-        cells = [run_cell(spec, impl, d, dev, example=example) for d, dev in cells_of(impl, args.dtype, args.device)]
+        cells = [run_cell(spec, impl, d, dev, m, example=example)
+                 for d, dev, m in cells_of(args.dtype, args.device, args.mode)]
         for c in cells:
             _print_cell(c)
     if args.output:
         write_results(args.output, cells)
     print(summary_line(cells))
-    return 0 if cells and all(c.verdict == "conformant" for c in cells) else 1
+    return _exit_code(cells)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_dtypes(args.dtype)
+    _check_axes(args)
     specs = _specs(args.component)
     impls: list[Registered] = [r for r in registry() if r.component in {s.component for s in specs}]
     if args.framework:
@@ -170,7 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         impls = [r for r in impls if r.framework in args.framework]
     n = _examples(args)
     print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{HEADER}")
-    cells = run_matrix(specs, impls, dtypes=args.dtype, max_examples=n, seed=args.seed, on_result=_print_cell)
+    cells = run_matrix(specs, impls, dtypes=args.dtype, devices=args.device, modes=args.mode, max_examples=n,
+                       seed=args.seed, on_result=_print_cell)
     path = write_results(args.output, cells)
     print(f"\n{summary_line(cells)}\nresults: {path}")
-    return 0 if all(c.verdict in ("conformant", "unavailable") for c in cells) else 1
+    return _exit_code(cells)

@@ -1,10 +1,14 @@
-"""The engine: one cell is one implementation of one component on one dtype and device.
+"""The engine: one cell is one implementation of one component on one dtype, device and mode.
 
 For each example hypothesis draws: make arrays -> round them to the dtype ->
 run the float64 NumPy reference on the rounded values -> run the candidate ->
 check outputs (present, shape, dtype, finite) -> compare each with the
 reference against its budget -> record. The CLI, pytest and the results file
 are front ends over `run_cell` and `run_matrix`.
+
+In the compiled mode each new input shape costs a compilation, so there the
+examples are grouped: a few shapes per cell are drawn up front, and the search
+varies values, magnitudes and seeds within them (`generate.shape_groups`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import platform
 import shlex
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -24,9 +30,14 @@ from hypothesis import seed as hypothesis_seed
 
 from conformance import generate, tolerances
 from conformance.spec import Example, Spec, evaluate
-from impls import Registered
+from impls import DEVICES, DTYPES, MODES, Registered, numpy_dtype
 
-VERDICTS = ("conformant", "non-conformant", "error", "unavailable")
+#: conformant and non-conformant are the answers; unsupported: the implementation
+#: does not offer this dtype or mode; not-available: this machine lacks the device or
+#: framework; error: the harness could not run the cell.
+VERDICTS = ("conformant", "non-conformant", "unsupported", "not-available", "error")
+#: Shapes per cell in the compiled mode, at least one per stratum.
+COMPILED_SHAPES = 4
 
 
 class NonConformance(Exception):
@@ -60,8 +71,12 @@ class CellResult:
     mode: str = "eager"
     verdict: str = "error"
     examples: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole cell
+    compile_seconds: float = 0.0  # of which first calls per input shape in the compiled mode
+    compiles: int = 0  # distinct (config, input shapes) the compiled mode met: a compilation each
     max_error: dict[str, float] = field(default_factory=dict)  # eps units, per output
+    p99_error: dict[str, float] = field(default_factory=dict)
+    budget: dict[str, float] = field(default_factory=dict)  # eps units, per output, at the worst example
     k: float | None = None  # the budget constant of this dtype (conformance/tolerances.py)
     max_ratio: float | None = None  # error / budget, worst over outputs and examples
     p99_ratio: float | None = None
@@ -70,9 +85,23 @@ class CellResult:
     sections: list[str] = field(default_factory=list)  # spec sections of the failure
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
     repro: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)  # framework versions, precision flags
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def machine() -> dict[str, str]:
+    """The interpreter and the CPU: the part of a cell's environment that is not the framework's."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu}
 
 
 def reference_forward(component: str) -> Callable[..., dict[str, np.ndarray]]:
@@ -80,18 +109,26 @@ def reference_forward(component: str) -> Callable[..., dict[str, np.ndarray]]:
 
 
 class Runner:
-    """Runs examples of one cell, building the candidate once per layer config."""
+    """Runs examples of one cell, building the candidate once per layer config.
 
-    def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str):
-        self.spec, self.impl, self.dtype, self.device = spec, impl, dtype, device
+    The first call of an instance on each input shape is timed apart: in the
+    compiled mode it is the compilation (`compile_seconds`).
+    """
+
+    def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager"):
+        self.spec, self.impl, self.dtype, self.device, self.mode = spec, impl, dtype, device, mode
         self.reference = reference_forward(spec.component)
         self._instances: dict[tuple, Any] = {}
+        self.shapes_seen: set[tuple] = set()
+        self.compile_seconds = 0.0
 
     def instance(self, config: Mapping[str, Any]) -> Any:
         key = tuple(sorted(config.items()))
         if key not in self._instances:
+            extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
             try:
-                self._instances[key] = self.impl.load().build(dict(config), dtype=self.dtype, device=self.device)
+                self._instances[key] = self.impl.load().build(dict(config), dtype=self.dtype, device=self.device,
+                                                              **extra)
             except Exception as e:
                 self._instances[key] = NonConformance(f"build raised {_describe_exception(e)}")
         built = self._instances[key]
@@ -114,11 +151,18 @@ class Runner:
         reference = self.reference(example, generate.cast(weights, "float64"),
                                    generate.cast(inputs, "float64"), diagnostics=diagnostics)
         instance = self.instance(config)
+        shapes = (tuple(sorted(config.items())),
+                  tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
         try:
             instance.load({k: v.copy() for k, v in weights.items()})
+            start = time.perf_counter()
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
+            if self.mode != "eager" and shapes not in self.shapes_seen:
+                self.compile_seconds += time.perf_counter() - start
         except Exception as e:
             raise NonConformance(f"raised {_describe_exception(e)}") from None
+        finally:
+            self.shapes_seen.add(shapes)
 
         env = {**example, **diagnostics}
         errors, budgets, tolerance = {}, {}, {}
@@ -144,7 +188,7 @@ class Runner:
                                          sections, name)
                 self._compare_tokens(out, value, reference[name], diagnostics, tolerance)
                 continue
-            if value.dtype != np.dtype(self.dtype):
+            if value.dtype != numpy_dtype(self.dtype):
                 raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected {self.dtype}",
                                      sections, name)
             if not np.all(np.isfinite(value)):
@@ -195,59 +239,89 @@ def _describe_exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def repro_command(component: str, impl: str, dtype: str, device: str, example: Mapping[str, Any] | None) -> str:
-    parts = ["conformance", "check", component, "--impl", impl, "--dtype", dtype, "--device", device]
+def repro_command(component: str, impl: str, dtype: str, device: str, example: Mapping[str, Any] | None,
+                  mode: str = "eager") -> str:
+    parts = ["conformance", "check", component, "--impl", impl, "--dtype", dtype, "--device", device,
+             "--mode", mode]
     if example is not None:
         parts += ["--example", json.dumps(dict(example), separators=(",", ":"))]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, *, max_examples: int = 100,
-             seed: int = 0, example: Mapping[str, Any] | None = None, shrink: bool = True) -> CellResult:
+def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager", *,
+             max_examples: int = 100, seed: int = 0, example: Mapping[str, Any] | None = None,
+             shrink: bool = True) -> CellResult:
     """Run one cell to a verdict. Never raises for anything the implementation does."""
     start = time.perf_counter()
     result = CellResult(spec.component, impl.name if impl.source != "plugin" else impl.target,
-                        impl.framework, None, device, dtype)
+                        impl.framework, None, device, dtype, mode)
+    runner = None
     try:
-        reason = impl.unavailable_reason()
-        if reason is None:
+        if impl.unavailable_reason() is None:
             result.backend = impl.backend()
-            if dtype not in impl.dtypes:
-                reason = f"dtype {dtype} not supported; supported: {', '.join(impl.dtypes)}"
-            elif device not in impl.devices():
-                reason = f"device {device} not available; available: {', '.join(impl.devices())}"
-        if reason is not None:
-            result.verdict, result.reason = "unavailable", reason
+            result.environment = {**machine(), **impl.environment()}
+        verdict, reason = cell_status(impl, dtype, device, mode)
+        if verdict is not None:
+            result.verdict, result.reason = verdict, reason
             return result
-        runner = Runner(spec, impl, dtype, device)
+        runner = Runner(spec, impl, dtype, device, mode)
         result.k = tolerances.K[dtype]
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)
     except Exception as e:  # the harness could not run this cell (e.g. the framework failed to import)
         result.verdict, result.reason = "error", _describe_exception(e)
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
+        if runner is not None and mode != "eager":
+            result.compile_seconds = round(runner.compile_seconds, 3)
+            result.compiles = len(runner.shapes_seen)
     return result
+
+
+def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[str | None, str | None]:
+    """(verdict, reason) for a cell that cannot run here, (None, None) for one that can."""
+    missing = impl.unavailable_reason()
+    if missing is not None:
+        return "not-available", missing
+    if dtype not in impl.dtypes:
+        return "unsupported", f"dtype {dtype} not supported; supported: {', '.join(impl.dtypes)}"
+    if mode not in impl.modes:
+        return "unsupported", f"mode {mode} not supported; supported: {', '.join(impl.modes)}"
+    present = impl.devices()
+    if device not in present:
+        return "not-available", (f"device {device} not available on this machine; "
+                                 f"{impl.framework} sees: {', '.join(present)}")
+    return None, None
 
 
 def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
          example: Mapping[str, Any] | None, shrink: bool) -> None:
     spec = runner.spec
     ratios: list[float] = []
+    errors: dict[str, list[float]] = {}
     failure: list[tuple[dict[str, Any], NonConformance]] = []
 
     def record(ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
         result.examples += 1
         ratios.append(outcome.ratio)
         for k, v in outcome.errors.items():
+            errors.setdefault(k, []).append(v)
             result.max_error[k] = max(result.max_error.get(k, 0.0), v)
         if result.max_ratio is None or outcome.ratio > result.max_ratio:
             result.max_ratio, result.worst = outcome.ratio, dict(ex) if ex is not None else None
+            result.budget = dict(outcome.budgets)
+
+    def percentiles() -> None:
+        if ratios:
+            result.p99_ratio = float(np.percentile(ratios, 99))
+            result.p99_error = {k: float(np.percentile(v, 99)) for k, v in errors.items()}
 
     def fail(ex: dict[str, Any] | None, e: NonConformance, what: str) -> None:
+        percentiles()
         result.verdict, result.reason = "non-conformant", f"{what}: {e.reason}"
         result.sections = [f"{spec.component} §{s}" for s in e.sections]
         result.counterexample = ex
-        result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device, ex)
+        result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device, ex,
+                                     result.mode)
 
     if example is not None:  # replay exactly one example
         try:
@@ -260,13 +334,18 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
     strata = generate.strata(spec)
     per_stratum = max(1, math.ceil(max_examples / len(strata)))
+    rng = np.random.default_rng(seed)
 
     for fixed in strata:
+        groups = None
+        if runner.mode != "eager":
+            groups = generate.shape_groups(spec, fixed, max(1, COMPILED_SHAPES // len(strata)), rng)
+
         @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                   verbosity=Verbosity.quiet)
         @hypothesis_seed(seed)
-        @given(generate.examples(spec, fixed))
+        @given(generate.examples(spec, fixed, groups=groups))
         def check(ex: dict[str, Any]) -> None:
             try:
                 outcome = runner.run(ex)
@@ -284,38 +363,39 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
 
     # Then the spec's worked examples, the hand-checked cases (after the search,
     # so that a mistake both would catch is reported with a shrunk example).
-    for worked in spec.examples:
+    # They check the implementation's logic, which the eager cells cover; each
+    # has shapes of its own, so in the compiled mode they would cost a
+    # compilation apiece, and they are left to the eager cells.
+    for worked in spec.examples if runner.mode == "eager" else ():
         try:
             record(None, runner.run_worked(worked))
         except NonConformance as e:
             e.sections = tuple(worked.sections)
             return fail(None, e, f"worked example {worked.name!r}")
     result.verdict = "conformant"
-    if ratios:
-        result.p99_ratio = float(np.percentile(ratios, 99))
+    percentiles()
 
 
 def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] | None = None,
-               devices: list[str] | None = None, max_examples: int = 100, seed: int = 0,
-               on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+               devices: list[str] | None = None, modes: list[str] | None = None, max_examples: int = 100,
+               seed: int = 0, on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
     """Every cell of the given specs and implementations; one failing cell never stops the others."""
     results = []
     for spec in specs:
         for impl in (i for i in impls if i.component == spec.component):
-            for dtype, device in cells_of(impl, dtypes, devices):
-                cell = run_cell(spec, impl, dtype, device, max_examples=max_examples, seed=seed)
+            for dtype, device, mode in cells_of(dtypes, devices, modes):
+                cell = run_cell(spec, impl, dtype, device, mode, max_examples=max_examples, seed=seed)
                 results.append(cell)
                 if on_result:
                     on_result(cell)
     return results
 
 
-def cells_of(impl: Registered, dtypes: list[str] | None, devices: list[str] | None) -> list[tuple[str, str]]:
-    """The (dtype, device) cells to run: those asked for, else all the implementation supports."""
-    if impl.unavailable_reason() is not None:
-        return [(d, dev) for d in (dtypes or list(tolerances.DTYPES)) for dev in (devices or ["cpu"])]
-    try:
-        own_dtypes, own_devices = impl.dtypes, impl.devices()
-    except Exception:  # reported by run_cell
-        own_dtypes, own_devices = tolerances.DTYPES, ["cpu"]
-    return [(d, dev) for d in (dtypes or own_dtypes) for dev in (devices or own_devices)]
+def cells_of(dtypes: list[str] | None = None, devices: list[str] | None = None,
+             modes: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """The (dtype, device, mode) cells to run: those asked for, else the whole axes.
+
+    Cells an implementation cannot run are still listed; they come out as
+    unsupported or not-available, so the matrix has the same shape everywhere.
+    """
+    return [(d, dev, m) for dev in (devices or DEVICES) for m in (modes or MODES) for d in (dtypes or DTYPES)]

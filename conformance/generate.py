@@ -15,6 +15,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from conformance.spec import Param, Spec, evaluate
+from impls import numpy_dtype
 
 #: Orders of magnitude of float inputs, plainest first (hypothesis shrinks towards it).
 SCALE_EXPONENTS = (0, -1, 1, -2, -3)
@@ -38,13 +39,35 @@ def strata(spec: Spec) -> list[dict[str, Any]]:
             for values in itertools.product(*(p.domain for p in categorical))]
 
 
-def examples(spec: Spec, fixed: Mapping[str, Any] | None = None) -> st.SearchStrategy[dict[str, Any]]:
+def examples(spec: Spec, fixed: Mapping[str, Any] | None = None,
+             groups: list[dict[str, Any]] | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    """Examples with the `fixed` parameters as given; with `groups`, every parameter comes from one of them.
+
+    Only `scale_exp` and `seed` vary within a group: the input shapes stay those
+    of the group, so a compiled implementation compiles once per group.
+    """
     fixed = fixed or {}
-    fields = {name: st.just(fixed[name]) if name in fixed else domain_strategy(p)
-              for name, p in spec.params.items()}
+    if groups is not None:
+        fields = {"group": st.sampled_from(groups)}
+    else:
+        fields = {name: st.just(fixed[name]) if name in fixed else domain_strategy(p)
+                  for name, p in spec.params.items()}
     fields["scale_exp"] = st.sampled_from(SCALE_EXPONENTS)
     fields["seed"] = st.integers(0, 2**32 - 1)
-    return st.fixed_dictionaries(fields)
+    drawn = st.fixed_dictionaries(fields)
+    if groups is None:
+        return drawn
+    return drawn.map(lambda d: {**d["group"], "scale_exp": d["scale_exp"], "seed": d["seed"]})
+
+
+def shape_groups(spec: Spec, fixed: Mapping[str, Any], count: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """`count` settings of every spec parameter, uniform over their domains, with `fixed` as given."""
+    def draw(param: Param) -> Any:
+        domain = list(param.domain)
+        return domain[int(rng.integers(len(domain)))]
+
+    return [{name: fixed[name] if name in fixed else draw(p) for name, p in spec.params.items()}
+            for _ in range(count)]
 
 
 def layer_config(spec: Spec, example: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,5 +129,10 @@ def worked_arrays(spec: Spec, weights: Mapping[str, Any], inputs: Mapping[str, A
 
 def cast(arrays: Mapping[str, Any], dtype: str) -> dict[str, Any]:
     """Round float arrays to dtype; leave masks, tokens and None as they are."""
-    return {k: v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+    target = numpy_dtype(dtype)
+    return {k: v.astype(target) if isinstance(v, np.ndarray) and is_float(v.dtype) else v
             for k, v in arrays.items()}
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == numpy_dtype("bfloat16")

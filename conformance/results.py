@@ -13,10 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterable
 
-from conformance.engine import CellResult
+from conformance.engine import VERDICTS, CellResult, machine
 
-SCHEMA = "conformance-results/1"
-_PACKAGES = ("numpy", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
+SCHEMA = "conformance-results/2"
+_PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 
 def environment() -> dict[str, Any]:
@@ -27,24 +27,8 @@ def environment() -> dict[str, Any]:
             versions[name] = version(name)
         except PackageNotFoundError:
             pass
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "packages": versions,
-        "keras_backend": os.environ.get("KERAS_BACKEND"),
-    }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return {**machine(), "machine": platform.machine(), "packages": versions,
+            "keras_backend": os.environ.get("KERAS_BACKEND")}
 
 
 def write_results(path: Path | str, cells: Iterable[CellResult], command: list[str] | None = None) -> Path:
@@ -93,8 +77,10 @@ def _finite(value: Any) -> Any:
 def format_cell(c: CellResult) -> str:
     impl = c.implementation + (f"[{c.backend}]" if c.backend else "")
     ratio = "-" if c.max_ratio is None else f"{c.max_ratio:.3g}"
-    head = f"{c.component:<8} {impl:<28} {c.device:<5} {c.dtype:<8} {c.verdict:<15} {c.examples:>5} {ratio:>9} {c.seconds:>7.1f}s"
-    if c.verdict == "conformant":
+    time = f"{c.seconds:>7.1f}s" + (f" (compile {c.compile_seconds:.1f}s)" if c.compile_seconds else "")
+    head = (f"{c.component:<15} {impl:<24} {c.device:<5} {c.mode:<8} {c.dtype:<8} {c.verdict:<14} "
+            f"{c.examples:>5} {ratio:>9} {time}")
+    if c.verdict in ("conformant", "unsupported", "not-available"):  # the reason of the latter two is in the file
         return head
     lines = [head, f"    {c.reason}"]
     if c.sections:
@@ -106,9 +92,10 @@ def format_cell(c: CellResult) -> str:
     return "\n".join(lines)
 
 
-HEADER = f"{'comp.':<8} {'implementation':<28} {'dev.':<5} {'dtype':<8} {'verdict':<15} {'ex.':>5} {'err/bdgt':>9} {'time':>8}"
+HEADER = (f"{'component':<15} {'implementation':<24} {'dev.':<5} {'mode':<8} {'dtype':<8} {'verdict':<14} "
+          f"{'ex.':>5} {'err/bdgt':>9} {'time':>8}")
 
 
 def summary_line(cells: list[CellResult]) -> str:
-    counts = {v: sum(c.verdict == v for c in cells) for v in ("conformant", "non-conformant", "error", "unavailable")}
+    counts = {v: sum(c.verdict == v for c in cells) for v in VERDICTS}
     return ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"

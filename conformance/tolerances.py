@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Machine epsilon of each dtype the harness knows: the gap between 1 and the next number.
-EPS = {"float64": 2.0**-52, "float32": 2.0**-23}
+#: Machine epsilon of each dtype the harness knows: the gap between 1 and the next number
+#: (2**-p for p fraction bits: 52, 23, 10 and 7).
+EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
 #: Budget constants, calibrated as spec/mha.md §9.2 describes: about ten times
 #: the largest err / growth that any implementation in this repository showed.
 #: Last calibration (2,000 examples per cell; keras[jax] 200), err / growth:
 #:   float64: keras[tensorflow] 0.177, torch 0.147, keras[torch] 0.130, keras[jax] 0.073 (numpy: 0, it is the reference)
 #:   float32: keras[tensorflow] 0.262, torch 0.141, numpy 0.130, keras[torch] 0.130, keras[jax] 0.082
-K = {"float64": 2.0, "float32": 3.0}
-
-DTYPES = tuple(EPS)
+K = {"float64": 2.0, "float32": 3.0, "float16": 3.0, "bfloat16": 3.0}
 
 
 def error_in_eps(candidate: np.ndarray, reference: np.ndarray, dtype: str, scale: float) -> float:

@@ -9,9 +9,16 @@ and optionally:
 
     name: str                      # defaults to the attribute's name
     framework: str                 # defaults to "numpy"
-    dtypes: tuple[str, ...]        # defaults to ("float32", "float64")
-    devices() -> list[str]         # defaults to ["cpu"]
+    dtypes: tuple[str, ...]        # defaults to ("float32", "float64"); see DTYPES
+    modes: tuple[str, ...]         # defaults to ("eager",); see MODES
+    devices() -> list[str]         # the devices present on this machine; defaults to ["cpu"]
     backend() -> str | None        # e.g. the Keras backend; defaults to None
+    environment() -> dict          # versions and precision flags to record; defaults to {}
+
+An implementation that lists "compiled" in `modes` is built with
+`build(config, dtype=..., device=..., mode="compiled")` for those cells and
+should compile its forward pass once per input shape (the harness groups
+examples by shape so that a cell compiles a handful of times, not per example).
 
 `config` holds the spec's layer parameters only (see the spec's parameter
 table). The returned Instance has:
@@ -20,7 +27,8 @@ table). The returned Instance has:
     __call__(inputs) -> outputs    # dict of NumPy arrays (or None) -> dict of array-likes
 
 Inputs arrive as NumPy arrays of the dtype under test (masks as bool, tokens as
-int64); outputs are converted with numpy.asarray and must have that dtype. An
+int64; bfloat16 is ml_dtypes.bfloat16, see `numpy_dtype`); outputs are
+converted with numpy.asarray and must have that dtype. An
 Instance is built once per distinct config and loaded with many weight sets.
 
 Every component with a spec in spec/ has built-in implementations in
@@ -41,11 +49,29 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Implementation", "Instance", "Registered", "UsageError", "builtin", "load_target",
-           "registry", "resolve"]
+__all__ = ["DEVICES", "DTYPES", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
+           "load_target", "numpy_dtype", "registry", "resolve"]
 
 ENTRY_POINT_GROUP = "conformance.implementations"
+
+#: The dtype axis of the matrix, widest first.
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEFAULT_DTYPES = ("float32", "float64")
+#: The device axis: "cuda" is an NVIDIA (or ROCm) GPU, whatever the framework calls it.
+DEVICES = ("cpu", "cuda")
+#: The execution-mode axis: op by op, or through the framework's compiler.
+MODES = ("eager", "compiled")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a dtype name; NumPy has no bfloat16 of its own, so it comes from ml_dtypes."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return np.dtype(name)
 
 
 class UsageError(Exception):
@@ -107,6 +133,10 @@ class Registered:
     def dtypes(self) -> tuple[str, ...]:
         return tuple(getattr(self.load(), "dtypes", DEFAULT_DTYPES))
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.load(), "modes", ("eager",)))
+
     def devices(self) -> list[str]:
         devices = getattr(self.load(), "devices", None)
         return list(devices()) if callable(devices) else ["cpu"]
@@ -114,6 +144,10 @@ class Registered:
     def backend(self) -> str | None:
         backend = getattr(self.load(), "backend", None)
         return backend() if callable(backend) else None
+
+    def environment(self) -> dict[str, Any]:
+        environment = getattr(self.load(), "environment", None)
+        return dict(environment()) if callable(environment) else {}
 
 
 #: Frameworks with a built-in implementation of every component: impls/<framework>/<component>.py,

@@ -27,7 +27,8 @@ def test_list_json(capsys):
     assert main(["list", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "mha" in data["components"]
-    assert data["dtypes"] == ["float64", "float32"]
+    assert data["dtypes"] == ["float64", "float32", "float16", "bfloat16"]
+    assert data["devices"] == ["cpu", "cuda"] and data["modes"] == ["eager", "compiled"]
     numpy = next(i for i in data["implementations"] if i["name"] == "numpy" and i["component"] == "mha")
     assert numpy["available"] is True and numpy["reason"] is None
 
@@ -44,7 +45,10 @@ def test_missing_framework_is_listed_as_unavailable(monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["check", "attention", "--impl", "numpy"], "unknown component 'attention'; known: " + ", ".join(list_components())),
     (["check", "mha", "--impl", "nump"], "unknown implementation 'nump' of 'mha'; registered: numpy, torch, keras"),
-    (["check", "mha", "--impl", "numpy", "--dtype", "float8"], "unknown dtype 'float8'; valid: float64, float32"),
+    (["check", "mha", "--impl", "numpy", "--dtype", "float8"],
+     "unknown --dtype 'float8'; valid: float64, float32, float16, bfloat16"),
+    (["check", "mha", "--impl", "numpy", "--device", "gpu"], "unknown --device 'gpu'; valid: cpu, cuda"),
+    (["run", "--mode", "jit"], "unknown --mode 'jit'; valid: eager, compiled"),
     (["check", "mha", "--impl", "no_such_pkg.mod:Impl"], "cannot import 'no_such_pkg.mod'"),
     (["check", "mha", "--impl", "missing_file.py:Impl"], "no such file 'missing_file.py'"),
     (["check", "mha", "--impl", "impls.numpy.mha:Nope"], "has no attribute 'Nope'; it has:"),
@@ -62,7 +66,15 @@ def test_usage_errors_exit_2_naming_the_choices(argv, message, capsys):
 
 def test_check_exit_codes(root, monkeypatch, capsys):
     monkeypatch.chdir(root)
+    # every cell of the matrix: numpy has no compiled mode and this machine may lack cuda;
+    # those cells are shown, and they are not failures
     assert main(["check", "mha", "--impl", "numpy", "--examples", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "unsupported" in out and out.count(" eager ") >= 4
+    # nothing that can run here: not a pass
+    assert main(["check", "mha", "--impl", "numpy", "--mode", "compiled", "--examples", "10"]) == 1
+    captured = capsys.readouterr()
+    assert "8 unsupported" in captured.out and "nothing ran" in captured.err
     assert main(["check", "mha", "--impl", "tests/wrong_mha.py:InvertedMask", "--dtype", "float32",
                  "--examples", "50"]) == 1
     out = capsys.readouterr().out
@@ -79,12 +91,20 @@ def test_plugin_by_module_path(root, monkeypatch, capsys):
 
 def test_run_writes_versioned_results(tmp_path, capsys):
     out = tmp_path / "sub" / "results.json"
-    assert main(["run", "--framework", "numpy", "--examples", "5", "-o", str(out)]) == 0
+    assert main(["run", "--framework", "numpy", "--component", "ffn", "--examples", "5", "-o", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["schema"] == SCHEMA
-    cells = {(c["implementation"], c["dtype"]): c for c in data["cells"]}
-    assert set(cells) == {("numpy", "float32"), ("numpy", "float64")}
-    assert all(c["verdict"] == "conformant" and c["examples"] >= 5 for c in cells.values())
+    cells = {(c["dtype"], c["device"], c["mode"]): c for c in data["cells"]}
+    assert len(cells) == len(data["cells"]) == 4 * 2 * 2  # the whole matrix, every cell once
+    for (dtype, device, mode), c in cells.items():
+        if mode == "compiled":
+            assert c["verdict"] == "unsupported" and "mode compiled not supported" in c["reason"]
+        elif device == "cuda":
+            assert c["verdict"] == "not-available" and "not available on this machine" in c["reason"]
+        else:
+            assert c["verdict"] == "conformant" and c["examples"] >= 5
+            assert c["max_error"] and c["p99_error"] and c["budget"] and c["k"] is not None
+            assert c["environment"]["cpu"] and c["environment"]["python"]
     assert "results:" in capsys.readouterr().out
 
 

@@ -84,19 +84,14 @@ def test_one_broken_cell_does_not_stop_the_others(root, mha_spec, monkeypatch):
         _plugin(root, "BrokenBuild"),
         builtin("mha", "torch"),
         builtin("mha", "numpy"),
-    ], dtypes=["float32"], max_examples=10)
+    ], dtypes=["float32"], devices=["cpu"], modes=["eager"], max_examples=10)
     verdicts = [(c.implementation, c.verdict) for c in cells]
     assert verdicts == [("no_such_module_anywhere:Impl", "error"),
                         (f"{root / WRONG}:BrokenBuild", "non-conformant"),
-                        ("torch", "unavailable"),
+                        ("torch", "not-available"),
                         ("numpy", "conformant")]
     assert "no_such_module_anywhere" in cells[0].reason
     assert cells[2].reason == "not installed: no_such_torch_module"
-
-
-def test_unsupported_dtype_is_recorded_not_skipped(mha_spec):
-    cell = run_cell(mha_spec, builtin("mha", "numpy"), "float16", "cpu")
-    assert cell.verdict == "unavailable" and "float16 not supported" in cell.reason
 
 
 def test_results_file_is_written_whole_or_not_at_all(tmp_path, mha_spec, monkeypatch):
@@ -122,7 +117,13 @@ def test_python_api_for_a_projects_own_tests(root):
     from wrong_mha import Correct, InvertedMask
 
     cells = assert_conformant("mha", Correct(), dtypes=["float32"], examples=20)
-    assert [(c.implementation, c.dtype, c.verdict) for c in cells] == [("wrong_mha:Correct", "float32", "conformant")]
+    # the device and mode axes in full: what cannot run here is reported, not failed
+    assert [(c.device, c.mode, c.verdict) for c in cells] == [
+        ("cpu", "eager", "conformant"), ("cpu", "compiled", "unsupported"),
+        ("cuda", "eager", "not-available"), ("cuda", "compiled", "unsupported")]
+    assert {c.implementation for c in cells} == {"wrong_mha:Correct"}
     with pytest.raises(AssertionError, match=r"(?s)non-conformant.*reproduce: conformance check mha --impl wrong_mha:InvertedMask"):
         assert_conformant("mha", InvertedMask(), dtypes=["float32"], examples=20)
     assert check("mha", "numpy", dtypes=["float64"], examples=5)[0].verdict == "conformant"
+    with pytest.raises(AssertionError, match="no cell could run here: 2 unsupported"):
+        assert_conformant("mha", Correct(), dtypes=["float32"], modes=["compiled"], examples=5)

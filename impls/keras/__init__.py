@@ -2,12 +2,19 @@
 
 Keras picks its backend once per process from KERAS_BACKEND. On JAX, float64
 needs jax_enable_x64, which is switched on here before any array is made;
-without it JAX silently computes float64 layers in float32.
+without it JAX silently computes float64 layers in float32. TF32 and other
+reduced-precision matmuls are switched off for every backend (`pin_precision`).
+
+Each component module defines its layer and a `load_canonical(layer, weights)`
+converter; `LayerInstance` does the rest: device placement through
+keras.device, NumPy conversion, and the compiled mode through each backend's
+own compiler (tf.function with XLA, jax.jit, torch.compile).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Callable, Mapping
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
@@ -17,6 +24,11 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     jax.config.update("jax_enable_x64", True)
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+#: How each backend's compiled mode compiles a layer call.
+COMPILERS = {"tensorflow": "tf.function(jit_compile=True)", "jax": "jax.jit", "torch": "torch.compile"}
 
 
 def backend() -> str:
@@ -32,23 +44,138 @@ def devices() -> list[str]:
     if name == "jax":
         import jax
 
-        return ["cpu"] + (["gpu"] if any(d.platform == "gpu" for d in jax.devices()) else [])
+        return ["cpu"] + (["cuda"] if any(d.platform == "gpu" for d in jax.devices()) else [])
     if name == "tensorflow":
         import tensorflow as tf
 
-        return ["cpu"] + (["gpu"] if tf.config.list_physical_devices("GPU") else [])
+        return ["cpu"] + (["cuda"] if tf.config.list_physical_devices("GPU") else [])
     return ["cpu"]
 
 
+def pin_precision() -> dict[str, Any]:
+    """Full-precision float32 matmuls on GPUs (no TF32), per backend; returns the flags as set."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        return {"tf.config.experimental.tensor_float_32_execution_enabled":
+                tf.config.experimental.tensor_float_32_execution_enabled()}
+    if name == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+        return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+                "jax_enable_x64": jax.config.jax_enable_x64}
+    if name == "torch":
+        from impls import torch as torch_impls
+
+        torch_impls.pin_precision()
+        return torch_impls.precision_flags()
+    return {}
+
+
+def environment() -> dict[str, Any]:
+    name = backend()
+    module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(name, "keras"))
+    return {"keras": keras.__version__, name: getattr(module, "__version__", "?"), **pin_precision()}
+
+
+#: The harness's device names as keras.device scopes. Tests point "cuda" at the
+#: CPU to run the GPU code path on machines without one.
+DEVICE_SCOPES = {"cpu": "cpu:0", "cuda": "gpu:0"}
+
+
+def keras_device(device: str) -> str:
+    return DEVICE_SCOPES[device]
+
+
+def compile_call(layer: keras.layers.Layer) -> Callable[[dict[str, Any]], Any]:
+    """The layer's inference call through the backend's compiler; one compilation per input shape."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda tensors: layer(**tensors, training=False), jit_compile=True)
+    if name == "jax":
+        import jax
+
+        # Variables are arguments, not constants, so loading new weights does not recompile.
+        @jax.jit
+        def call(trainable, non_trainable, tensors):
+            outputs, _ = layer.stateless_call(trainable, non_trainable, **tensors, training=False)
+            return outputs
+
+        return lambda tensors: call([v.value for v in layer.trainable_variables],
+                                    [v.value for v in layer.non_trainable_variables], tensors)
+    if name == "torch":
+        from impls.torch import compile_module
+
+        compiled = compile_module(layer)
+        return lambda tensors: compiled(**tensors, training=False)
+    raise ValueError(f"no compiled mode for the Keras backend {name!r}; valid: {', '.join(COMPILERS)}")
+
+
+class LayerInstance:
+    """One built layer: canonical weights in through `load_canonical`, NumPy arrays in and out.
+
+    `outputs` names the layer's return values in order, as the spec names them.
+    """
+
+    def __init__(self, layer: keras.layers.Layer, load_canonical: Callable[[Any, Mapping[str, np.ndarray]], None],
+                 outputs: tuple[str, ...], *, device: str, mode: str = "eager"):
+        self.layer, self.load_canonical, self.outputs = layer, load_canonical, outputs
+        self.device = keras_device(device)
+        pin_precision()
+        with keras.device(self.device):
+            layer.build()
+        if mode == "compiled":
+            self.call = compile_call(layer)
+        else:
+            self.call = lambda tensors: layer(**tensors, training=False)
+
+    def load(self, weights: Mapping[str, np.ndarray]) -> None:
+        with keras.device(self.device):
+            self.load_canonical(self.layer, weights)
+
+    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        with keras.device(self.device):
+            tensors = {name: None if x is None else ops.convert_to_tensor(x) for name, x in inputs.items()}
+            result = self.call(tensors)
+        result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        return {name: ops.convert_to_numpy(value) for name, value in zip(self.outputs, result)}
+
+
 class KerasImplementation:
-    """What every Keras implementation shares; a subclass names its component and builds its layer."""
+    """What every Keras implementation shares.
+
+    A subclass names its component, its output names, and how to make the
+    layer from the layer parameters and a dtype (`layer`); `load_canonical` is
+    the component's weight converter.
+    """
 
     name = "keras"
     framework = "keras"
-    dtypes = ("float32", "float64")
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+    modes = ("eager", "compiled")
+    outputs: tuple[str, ...]
 
     def devices(self) -> list[str]:
         return devices()
 
     def backend(self) -> str:
         return backend()
+
+    def environment(self) -> dict[str, Any]:
+        return environment()
+
+    def layer(self, config: Mapping[str, Any], dtype: str) -> keras.layers.Layer:
+        raise NotImplementedError
+
+    @staticmethod
+    def load_canonical(layer: Any, weights: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def build(self, config: Mapping[str, Any], *, dtype: str, device: str, mode: str = "eager") -> LayerInstance:
+        return LayerInstance(self.layer(config, dtype), type(self).load_canonical, self.outputs,
+                             device=device, mode=mode)

@@ -83,23 +83,12 @@ def load_canonical(layer: TokenAndPositionEmbedding, weights: Mapping[str, np.nd
         layer.position_embeddings.assign(weights["P"])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.layer = TokenAndPositionEmbedding(config["vocab_size"], config["d_model"], config["max_len"],
-                                               config["positional"], config["scale"],
-                                               embeddings_initializer="zeros", dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        x, padding_mask = self.layer(ops.convert_to_tensor(inputs["tokens"]), training=False)
-        return {"x": ops.convert_to_numpy(x), "padding_mask": ops.convert_to_numpy(padding_mask)}
-
-
 class Implementation(KerasImplementation):
     component = "embedding"
+    outputs = ("x", "padding_mask")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> TokenAndPositionEmbedding:
+        return TokenAndPositionEmbedding(config["vocab_size"], config["d_model"], config["max_len"],
+                                         config["positional"], config["scale"],
+                                         embeddings_initializer="zeros", dtype=dtype)

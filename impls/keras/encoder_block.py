@@ -91,25 +91,12 @@ def load_canonical(layer: EncoderBlock, weights: Mapping[str, np.ndarray]) -> No
         getattr(layer, name).assign(weights[name])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.layer = EncoderBlock(config["d_model"], config["num_heads"], config["d_head"], config["d_ff"],
-                                  config["activation"], config["norm"], config["epsilon"], config["dropout"],
-                                  kernel_initializer="zeros", dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        mask = inputs.get("padding_mask")
-        y, weights = self.layer(ops.convert_to_tensor(inputs["x"]),
-                                padding_mask=None if mask is None else ops.convert_to_tensor(mask), training=False)
-        return {"y": ops.convert_to_numpy(y), "attention_weights": ops.convert_to_numpy(weights)}
-
-
 class Implementation(KerasImplementation):
     component = "encoder_block"
+    outputs = ("y", "attention_weights")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> EncoderBlock:
+        return EncoderBlock(config["d_model"], config["num_heads"], config["d_head"], config["d_ff"],
+                            config["activation"], config["norm"], config["epsilon"], config["dropout"],
+                            kernel_initializer="zeros", dtype=dtype)

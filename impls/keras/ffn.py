@@ -82,22 +82,11 @@ def load_canonical(layer: FeedForward, weights: Mapping[str, np.ndarray]) -> Non
         variable.assign(weights[name])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.layer = FeedForward(config["d_model"], config["d_ff"], config["activation"], config["dropout"],
-                                 kernel_initializer="zeros", dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        y = self.layer(ops.convert_to_tensor(inputs["x"]), training=False)
-        return {"y": ops.convert_to_numpy(y)}
-
-
 class Implementation(KerasImplementation):
     component = "ffn"
+    outputs = ("y",)
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> FeedForward:
+        return FeedForward(config["d_model"], config["d_ff"], config["activation"], config["dropout"],
+                           kernel_initializer="zeros", dtype=dtype)

@@ -99,23 +99,11 @@ def load_canonical(layer: LSTMClassifier, weights: Mapping[str, np.ndarray]) -> 
     layer.output_bias.assign(weights["b_out"])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.layer = LSTMClassifier(config["d_in"], config["hidden"], config["num_layers"], config["num_classes"],
-                                    kernel_initializer="zeros", recurrent_initializer="zeros", dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        outputs = self.layer(ops.convert_to_tensor(inputs["x"]), training=False)
-        names = ("logits", "hidden_states", "h_n", "c_n")
-        return {name: ops.convert_to_numpy(value) for name, value in zip(names, outputs)}
-
-
 class Implementation(KerasImplementation):
     component = "lstm_classifier"
+    outputs = ("logits", "hidden_states", "h_n", "c_n")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> LSTMClassifier:
+        return LSTMClassifier(config["d_in"], config["hidden"], config["num_layers"], config["num_classes"],
+                              kernel_initializer="zeros", recurrent_initializer="zeros", dtype=dtype)

@@ -127,25 +127,12 @@ def load_canonical(layer: AttentionSeq2Seq, weights: Mapping[str, np.ndarray]) -
         getattr(layer, variable).assign(weights[name])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.layer = AttentionSeq2Seq(config["src_vocab"], config["tgt_vocab"], config["d_embed"], config["hidden"],
-                                      config["N"], embeddings_initializer="zeros", kernel_initializer="zeros",
-                                      dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        source, target_in = (ops.convert_to_tensor(inputs[n]) for n in ("source", "target_in"))
-        logits, attention, generated = self.layer(source, target_in, training=False)
-        return {"logits": ops.convert_to_numpy(logits), "attention_weights": ops.convert_to_numpy(attention),
-                "generated": ops.convert_to_numpy(generated)}
-
-
 class Implementation(KerasImplementation):
     component = "lstm_seq2seq"
+    outputs = ("logits", "attention_weights", "generated")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> AttentionSeq2Seq:
+        return AttentionSeq2Seq(config["src_vocab"], config["tgt_vocab"], config["d_embed"], config["hidden"],
+                                config["N"], embeddings_initializer="zeros", kernel_initializer="zeros",
+                                dtype=dtype)

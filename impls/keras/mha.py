@@ -84,24 +84,11 @@ def load_canonical(layer: MultiHeadAttention, weights: Mapping[str, np.ndarray])
     layer.output_bias.assign(weights["b_o"])
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str):
-        self.dtype = dtype
-        self.layer = MultiHeadAttention(config["d_model"], config["num_heads"], config["d_head"],
-                                        config["dropout"], kernel_initializer="zeros", dtype=dtype)
-        self.layer.build()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.layer, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        tensors = {name: None if x is None else ops.convert_to_tensor(x) for name, x in inputs.items()}
-        output, weights = self.layer(**tensors, training=False)
-        return {"output": ops.convert_to_numpy(output), "attention_weights": ops.convert_to_numpy(weights)}
-
-
 class Implementation(KerasImplementation):
     component = "mha"
+    outputs = ("output", "attention_weights")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype)
+    def layer(self, config: Mapping[str, Any], dtype: str) -> MultiHeadAttention:
+        return MultiHeadAttention(config["d_model"], config["num_heads"], config["d_head"], config["dropout"],
+                                  kernel_initializer="zeros", dtype=dtype)

@@ -1,4 +1,10 @@
-"""Implementations in plain NumPy. `<component>.py` run in float64 is the harness's reference."""
+"""Implementations in plain NumPy. `<component>.py` run in float64 is the harness's reference.
+
+float16 is NumPy's own. bfloat16 comes from ml_dtypes, which stores it but
+computes matrix products in float32, and a float32 product makes everything
+after it float32; so a bfloat16 instance takes bfloat16 inputs and weights,
+computes as NumPy promotes them, and rounds its outputs to bfloat16.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from impls import numpy_dtype
+
 
 class NumpyImplementation:
     """What every NumPy implementation shares; a subclass names its component and forward function."""
 
     name = "numpy"
     framework = "numpy"
-    dtypes = ("float32", "float64")
+    dtypes = ("float64", "float32", "float16", "bfloat16")
     forward: Callable[..., dict[str, np.ndarray]]
 
     def devices(self) -> list[str]:
@@ -21,10 +29,15 @@ class NumpyImplementation:
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> "_Instance":
         return _Instance(type(self).forward, config, dtype)
 
+    def environment(self) -> dict[str, Any]:
+        import ml_dtypes
+
+        return {"numpy": np.__version__, "ml_dtypes": ml_dtypes.__version__}
+
 
 class _Instance:
     def __init__(self, forward: Callable[..., dict[str, np.ndarray]], config: Mapping[str, Any], dtype: str):
-        self.forward, self.config, self.dtype = forward, dict(config), np.dtype(dtype)
+        self.forward, self.config, self.dtype = forward, dict(config), numpy_dtype(dtype)
         self.weights: dict[str, np.ndarray] = {}
 
     def load(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -32,4 +45,6 @@ class _Instance:
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         # Dropout is the identity at inference, so no forward function uses its rate.
-        return self.forward(self.config, self.weights, inputs)
+        outputs = self.forward(self.config, self.weights, inputs)
+        return {name: value.astype(self.dtype) if value.dtype.kind in "fV" else value
+                for name, value in outputs.items()}

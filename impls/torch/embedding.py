@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import to_numpy, TorchImplementation
+from impls.torch import to_tensor, TorchImplementation
 
 BASE = 10000.0  # §6.5
 
@@ -57,30 +57,16 @@ class TokenAndPositionEmbedding(nn.Module):
 def load_canonical(module: TokenAndPositionEmbedding, weights: Mapping[str, np.ndarray]) -> None:
     """Canonical E is nn.Embedding's weight as it is; P is copied only for learned positions (§3)."""
     with torch.no_grad():
-        module.token_embedding.weight.copy_(torch.from_numpy(weights["E"]))
+        module.token_embedding.weight.copy_(to_tensor(weights["E"]))
         if module.positional == "learned":
-            module.position_embedding.copy_(torch.from_numpy(weights["P"]))
-
-
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.device = torch.device(device)
-        self.module = TokenAndPositionEmbedding(config["vocab_size"], config["d_model"], config["max_len"],
-                                                config["positional"], config["scale"])
-        self.module.to(self.device, getattr(torch, dtype)).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        tokens = torch.as_tensor(inputs["tokens"], device=self.device)
-        with torch.no_grad():
-            x, padding_mask = self.module(tokens)
-        return {"x": to_numpy(x), "padding_mask": to_numpy(padding_mask)}
+            module.position_embedding.copy_(to_tensor(weights["P"]))
 
 
 class Implementation(TorchImplementation):
     component = "embedding"
+    outputs = ("x", "padding_mask")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> TokenAndPositionEmbedding:
+        return TokenAndPositionEmbedding(config["vocab_size"], config["d_model"], config["max_len"],
+                                         config["positional"], config["scale"])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import ffn, mha, to_numpy, TorchImplementation
+from impls.torch import ffn, mha, to_tensor, TorchImplementation
 
 NORMS = ("post", "pre")
 
@@ -57,29 +57,15 @@ def load_canonical(module: EncoderBlock, weights: Mapping[str, np.ndarray]) -> N
     ffn.load_canonical(module.ffn, weights)
     with torch.no_grad():
         for norm, i in ((module.norm1, 1), (module.norm2, 2)):
-            norm.weight.copy_(torch.from_numpy(weights[f"gamma_{i}"]))
-            norm.bias.copy_(torch.from_numpy(weights[f"beta_{i}"]))
-
-
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.device = torch.device(device)
-        self.module = EncoderBlock(config["d_model"], config["num_heads"], config["d_head"], config["d_ff"],
-                                   config["activation"], config["norm"], config["epsilon"],
-                                   config["dropout"]).to(self.device, getattr(torch, dtype)).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        tensors = {name: None if v is None else torch.as_tensor(v, device=self.device) for name, v in inputs.items()}
-        with torch.no_grad():
-            y, weights = self.module(**tensors)
-        return {"y": to_numpy(y), "attention_weights": to_numpy(weights)}
+            norm.weight.copy_(to_tensor(weights[f"gamma_{i}"]))
+            norm.bias.copy_(to_tensor(weights[f"beta_{i}"]))
 
 
 class Implementation(TorchImplementation):
     component = "encoder_block"
+    outputs = ("y", "attention_weights")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> EncoderBlock:
+        return EncoderBlock(config["d_model"], config["num_heads"], config["d_head"], config["d_ff"],
+                            config["activation"], config["norm"], config["epsilon"], config["dropout"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from impls.torch import to_numpy, TorchImplementation
+from impls.torch import to_tensor, TorchImplementation
 
 ACTIVATIONS = {
     "relu": F.relu,
@@ -42,27 +42,14 @@ def load_canonical(module: FeedForward, weights: Mapping[str, np.ndarray]) -> No
     """Canonical (in, out) matrices -> nn.Linear's (out, in) weight: transpose; biases as they are."""
     with torch.no_grad():
         for layer, (w, b) in ((module.linear1, ("W_1", "b_1")), (module.linear2, ("W_2", "b_2"))):
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights[w].T)))
-            layer.bias.copy_(torch.from_numpy(weights[b]))
-
-
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.device = torch.device(device)
-        self.module = FeedForward(config["d_model"], config["d_ff"], config["activation"],
-                                  config["dropout"]).to(self.device, getattr(torch, dtype)).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            y = self.module(torch.as_tensor(inputs["x"], device=self.device))
-        return {"y": to_numpy(y)}
+            layer.weight.copy_(to_tensor(weights[w].T))
+            layer.bias.copy_(to_tensor(weights[b]))
 
 
 class Implementation(TorchImplementation):
     component = "ffn"
+    outputs = ("y",)
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> FeedForward:
+        return FeedForward(config["d_model"], config["d_ff"], config["activation"], config["dropout"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import to_numpy, TorchImplementation
+from impls.torch import to_tensor, TorchImplementation
 
 
 class LSTMClassifier(nn.Module):
@@ -59,7 +59,7 @@ class LSTMClassifier(nn.Module):
 def load_canonical(module: LSTMClassifier, weights: Mapping[str, np.ndarray]) -> None:
     """Canonical (in, 4H) matrices -> (4H, in): transpose, gate order unchanged; b -> bias_ih, 0 -> bias_hh."""
     def tensor(a):
-        return torch.from_numpy(np.ascontiguousarray(a))
+        return to_tensor((a))
 
     with torch.no_grad():
         for k in range(module.num_layers):
@@ -71,24 +71,10 @@ def load_canonical(module: LSTMClassifier, weights: Mapping[str, np.ndarray]) ->
         module.classifier.bias.copy_(tensor(weights["b_out"]))
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.dtype, self.device = getattr(torch, dtype), torch.device(device)
-        self.module = LSTMClassifier(config["d_in"], config["hidden"], config["num_layers"],
-                                     config["num_classes"]).to(self.device, self.dtype).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            logits, states, h_n, c_n = self.module(torch.as_tensor(inputs["x"], device=self.device))
-        return {"logits": to_numpy(logits), "hidden_states": to_numpy(states),
-                "h_n": to_numpy(h_n), "c_n": to_numpy(c_n)}
-
-
 class Implementation(TorchImplementation):
     component = "lstm_classifier"
+    outputs = ("logits", "hidden_states", "h_n", "c_n")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> LSTMClassifier:
+        return LSTMClassifier(config["d_in"], config["hidden"], config["num_layers"], config["num_classes"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import to_numpy, TorchImplementation
+from impls.torch import to_tensor, TorchImplementation
 
 
 class LSTMCell(nn.Module):
@@ -81,7 +81,7 @@ class AttentionSeq2Seq(nn.Module):
 
 def load_canonical(module: AttentionSeq2Seq, weights: Mapping[str, np.ndarray]) -> None:
     """Canonical (in, out) matrices -> nn.Linear's (out, in): transpose; embeddings and biases as they are."""
-    t = lambda name: torch.from_numpy(np.ascontiguousarray(weights[name]))  # noqa: E731
+    t = lambda name: to_tensor((weights[name]))  # noqa: E731
     with torch.no_grad():
         module.src_embed.weight.copy_(t("E_src"))
         module.tgt_embed.weight.copy_(t("E_tgt"))
@@ -93,25 +93,11 @@ def load_canonical(module: AttentionSeq2Seq, weights: Mapping[str, np.ndarray]) 
         module.out_proj.bias.copy_(t("b_out"))
 
 
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.device = torch.device(device)
-        self.module = AttentionSeq2Seq(config["src_vocab"], config["tgt_vocab"], config["d_embed"],
-                                       config["hidden"], config["N"]).to(self.device, getattr(torch, dtype)).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        source, target_in = (torch.as_tensor(inputs[n], device=self.device) for n in ("source", "target_in"))
-        with torch.no_grad():
-            logits, attention, generated = self.module(source, target_in)
-        return {"logits": to_numpy(logits), "attention_weights": to_numpy(attention),
-                "generated": to_numpy(generated)}
-
-
 class Implementation(TorchImplementation):
     component = "lstm_seq2seq"
+    outputs = ("logits", "attention_weights", "generated")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> AttentionSeq2Seq:
+        return AttentionSeq2Seq(config["src_vocab"], config["tgt_vocab"], config["d_embed"], config["hidden"],
+                                config["N"])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impls.torch import to_numpy, TorchImplementation
+from impls.torch import to_tensor, TorchImplementation
 
 
 class MultiHeadAttention(nn.Module):
@@ -56,29 +56,14 @@ def load_canonical(module: MultiHeadAttention, weights: Mapping[str, np.ndarray]
     with torch.no_grad():
         for layer_name, (w, b) in table.items():
             layer = getattr(module, layer_name)
-            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weights[w].T)))
-            layer.bias.copy_(torch.from_numpy(weights[b]))
-
-
-class _Instance:
-    def __init__(self, config: Mapping[str, Any], dtype: str, device: str):
-        self.dtype, self.device = getattr(torch, dtype), torch.device(device)
-        self.module = MultiHeadAttention(config["d_model"], config["num_heads"], config["d_head"],
-                                         config["dropout"]).to(self.device, self.dtype).eval()
-
-    def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_canonical(self.module, weights)
-
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        tensors = {name: None if x is None else torch.as_tensor(x, device=self.device)
-                   for name, x in inputs.items()}
-        with torch.no_grad():
-            output, weights = self.module(**tensors)
-        return {"output": to_numpy(output), "attention_weights": to_numpy(weights)}
+            layer.weight.copy_(to_tensor(weights[w].T))
+            layer.bias.copy_(to_tensor(weights[b]))
 
 
 class Implementation(TorchImplementation):
     component = "mha"
+    outputs = ("output", "attention_weights")
+    load_canonical = staticmethod(load_canonical)
 
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> _Instance:
-        return _Instance(config, dtype, device)
+    def module(self, config: Mapping[str, Any]) -> MultiHeadAttention:
+        return MultiHeadAttention(config["d_model"], config["num_heads"], config["d_head"], config["dropout"])
