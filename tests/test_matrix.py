@@ -95,6 +95,7 @@ def test_keras_gpu_code_path_runs_on_a_forced_device_list(monkeypatch, mha_spec)
 
     monkeypatch.setattr(keras_impls, "devices", lambda: ["cpu", "cuda"])
     monkeypatch.setitem(keras_impls.DEVICE_SCOPES, "cuda", "cpu:0")
+    monkeypatch.setitem(keras_impls.TORCH_DEVICE_SCOPES, "cuda", "cpu")
     cell = run_cell(mha_spec, builtin("mha", "keras"), "float32", "cuda", max_examples=10)
     assert (cell.device, cell.verdict) == ("cuda", "conformant"), cell.reason
     flags = {"tensorflow": "tf.config.experimental.tensor_float_32_execution_enabled",

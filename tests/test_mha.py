@@ -90,11 +90,12 @@ def test_keras_implementation_conforms_on_backend(backend, tmp_path):
     # JAX compiles every op for every new shape in eager mode (about a second an example here)
     examples = "8" if backend == "jax" else "40"
     proc = subprocess.run([sys.executable, "-m", "conformance", "check", "mha", "--impl", "keras",
-                           "--examples", examples, "-o", str(out)],
+                           "--examples", examples, "--device", "cpu", "--mode", "eager", "--mode", "compiled",
+                           "--dtype", "float32", "--dtype", "float64", "-o", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     import json
 
     cells = json.loads(out.read_text())["cells"]
-    assert {(c["backend"], c["dtype"], c["verdict"]) for c in cells} == {
-        (backend, "float32", "conformant"), (backend, "float64", "conformant")}
+    assert {(c["backend"], c["mode"], c["dtype"], c["verdict"]) for c in cells} == {
+        (backend, mode, dtype, "conformant") for mode in ("eager", "compiled") for dtype in ("float32", "float64")}

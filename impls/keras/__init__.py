@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 #: How each backend's compiled mode compiles a layer call.
-COMPILERS = {"tensorflow": "tf.function(jit_compile=True)", "jax": "jax.jit", "torch": "torch.compile"}
+COMPILERS = {"tensorflow": "tf.function(jit_compile=True)", "jax": "jax.jit",
+             "torch": "torch.compile(fullgraph=False)"}
 
 
 def backend() -> str:
@@ -84,10 +85,13 @@ def environment() -> dict[str, Any]:
 #: The harness's device names as keras.device scopes. Tests point "cuda" at the
 #: CPU to run the GPU code path on machines without one.
 DEVICE_SCOPES = {"cpu": "cpu:0", "cuda": "gpu:0"}
+#: On the torch backend a scope names the torch device as given, and torch.compile
+#: treats "cpu:0" and "cpu" as two devices, so it gets torch's own default names.
+TORCH_DEVICE_SCOPES = {"cpu": "cpu", "cuda": "cuda"}
 
 
 def keras_device(device: str) -> str:
-    return DEVICE_SCOPES[device]
+    return (TORCH_DEVICE_SCOPES if backend() == "torch" else DEVICE_SCOPES)[device]
 
 
 def compile_call(layer: keras.layers.Layer) -> Callable[[dict[str, Any]], Any]:
@@ -111,7 +115,9 @@ def compile_call(layer: keras.layers.Layer) -> Callable[[dict[str, Any]], Any]:
     if name == "torch":
         from impls.torch import compile_module
 
-        compiled = compile_module(layer)
+        # Keras layer calls hold Python the tracer cannot follow (warnings, device scopes);
+        # graph breaks are allowed, as in Keras's own jit_compile on this backend.
+        compiled = compile_module(layer, fullgraph=False)
         return lambda tensors: compiled(**tensors, training=False)
     raise ValueError(f"no compiled mode for the Keras backend {name!r}; valid: {', '.join(COMPILERS)}")
 

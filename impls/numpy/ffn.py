@@ -30,8 +30,12 @@ def gelu(h: np.ndarray) -> np.ndarray:
 
 
 def gelu_tanh(h: np.ndarray) -> np.ndarray:
-    """§6.3: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))), the tanh approximation."""
-    return 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
+    """§6.3: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3))), the tanh approximation.
+
+    In float16, h^3 overflows to +-inf for |h| > 40; tanh(+-inf) = +-1 is the right limit.
+    """
+    with np.errstate(over="ignore"):
+        return 0.5 * h * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)))
 
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -74,8 +74,8 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def compile_module(module: torch.nn.Module) -> Callable[..., Any]:
-    """torch.compile with the default (inductor) backend, as a whole graph, shapes static.
+def compile_module(module: torch.nn.Module, fullgraph: bool = True) -> Callable[..., Any]:
+    """torch.compile with the default (inductor) backend, shapes static; a whole graph unless told otherwise.
 
     Static shapes because the harness groups examples by shape: each group
     compiles once. The recompile limit is raised so that a cell with many
@@ -85,7 +85,7 @@ def compile_module(module: torch.nn.Module) -> Callable[..., Any]:
     torch._dynamo.config.recompile_limit = 1024
     torch._dynamo.config.accumulated_recompile_limit = 1024
     torch._dynamo.config.fail_on_recompile_limit_hit = True
-    return torch.compile(module, fullgraph=True, dynamic=False)
+    return torch.compile(module, fullgraph=fullgraph, dynamic=False)
 
 
 class ModuleInstance:
