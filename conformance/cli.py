@@ -6,10 +6,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from conformance.engine import CellResult, cells_of, run_cell, run_matrix
-from conformance.results import HEADER, format_cell, summary_line, write_results
+from conformance.results import format_cell, header, summary_line, write_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
 from impls import DEVICES, DTYPES, MODES, Registered, UsageError, registry, resolve
 
@@ -142,8 +142,13 @@ def _describe(r: Registered) -> dict[str, Any]:
     return row
 
 
-def _print_cell(cell: CellResult) -> None:
-    print(format_cell(cell), flush=True)
+def _column(impls: list[Registered]) -> int:
+    """Width of the implementation column: Keras names gain their backend, e.g. "[tensorflow]"."""
+    return max([24, *(len(r.label) + (12 if r.framework == "keras" else 0) for r in impls)])
+
+
+def _printer(width: int) -> Callable[[CellResult], None]:
+    return lambda cell: print(format_cell(cell, width), flush=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -160,15 +165,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         if missing:
             raise UsageError(f"--example lacks {', '.join(missing)}")
     n = _examples(args)
-    print(HEADER)
+    width = _column([impl])
+    show = _printer(width)
+    print(header(width))
     if example is None:
         cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, modes=args.mode,
-                           max_examples=n, seed=args.seed, on_result=_print_cell)
+                           max_examples=n, seed=args.seed, on_result=show)
     else:
         cells = [run_cell(spec, impl, d, dev, m, example=example)
                  for d, dev, m in cells_of(args.dtype, args.device, args.mode)]
         for c in cells:
-            _print_cell(c)
+            show(c)
     if args.output:
         write_results(args.output, cells)
     print(summary_line(cells))
@@ -186,9 +193,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
         impls = [r for r in impls if r.framework in args.framework]
     n = _examples(args)
-    print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{HEADER}")
+    width = _column(impls)
+    print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{header(width)}")
     cells = run_matrix(specs, impls, dtypes=args.dtype, devices=args.device, modes=args.mode, max_examples=n,
-                       seed=args.seed, on_result=_print_cell)
+                       seed=args.seed, on_result=_printer(width))
     path = write_results(args.output, cells)
     print(f"\n{summary_line(cells)}\nresults: {path}")
     return _exit_code(cells)

@@ -253,7 +253,7 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
              shrink: bool = True) -> CellResult:
     """Run one cell to a verdict. Never raises for anything the implementation does."""
     start = time.perf_counter()
-    result = CellResult(spec.component, impl.name if impl.source != "plugin" else impl.target,
+    result = CellResult(spec.component, impl.label,
                         impl.framework, None, device, dtype, mode)
     runner = None
     try:

@@ -74,11 +74,12 @@ def _finite(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to a results file")
 
 
-def format_cell(c: CellResult) -> str:
+def format_cell(c: CellResult, width: int = 24) -> str:
+    """One line per cell (more when it fails); `width` is the implementation column's."""
     impl = c.implementation + (f"[{c.backend}]" if c.backend else "")
     ratio = "-" if c.max_ratio is None else f"{c.max_ratio:.3g}"
     time = f"{c.seconds:>7.1f}s" + (f" (compile {c.compile_seconds:.1f}s)" if c.compile_seconds else "")
-    head = (f"{c.component:<15} {impl:<24} {c.device:<5} {c.mode:<8} {c.dtype:<8} {c.verdict:<14} "
+    head = (f"{c.component:<15} {impl:<{width}} {c.device:<5} {c.mode:<8} {c.dtype:<8} {c.verdict:<14} "
             f"{c.examples:>5} {ratio:>9} {time}")
     if c.verdict in ("conformant", "unsupported", "not-available"):  # the reason of the latter two is in the file
         return head
@@ -92,8 +93,12 @@ def format_cell(c: CellResult) -> str:
     return "\n".join(lines)
 
 
-HEADER = (f"{'component':<15} {'implementation':<24} {'dev.':<5} {'mode':<8} {'dtype':<8} {'verdict':<14} "
-          f"{'ex.':>5} {'err/bdgt':>9} {'time':>8}")
+def header(width: int = 24) -> str:
+    return (f"{'component':<15} {'implementation':<{width}} {'dev.':<5} {'mode':<8} {'dtype':<8} {'verdict':<14} "
+            f"{'ex.':>5} {'err/bdgt':>9} {'time':>8}")
+
+
+HEADER = header()
 
 
 def summary_line(cells: list[CellResult]) -> str:

@@ -124,6 +124,11 @@ class Registered:
             return f"not installed: {', '.join(missing)}"
         return None
 
+    @property
+    def label(self) -> str:
+        """How results name it: a plug-in by its target, so that the name alone finds it again."""
+        return self.target if self.source == "plugin" else self.name
+
     def load(self) -> Any:
         if self._obj is None:
             self._obj = load_target(self.target)
