@@ -1,15 +1,23 @@
-"""The `conformance` command: list, check, run. Exit 0 conformant, 1 not, 2 usage error."""
+"""The `conformance` command: list, check, run, merge, compare, report.
+
+Exit 0 conformant (compare: no regression), 1 not (compare: a regression), 2 usage error
+(including a results file that cannot be read or does not follow the schema).
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
+from conformance.compare import DEFAULT_FACTOR, DEFAULT_FLOOR, compare, format_comparison
 from conformance.engine import CellResult, cells_of, run_cell, run_matrix
-from conformance.results import format_cell, header, summary_line, write_results
+from conformance.merge import merge_documents
+from conformance.results import format_cell, header, summary_line, write_document, write_results
+from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
 from impls import DEVICES, DTYPES, MODES, Registered, UsageError, registry, resolve
 
@@ -68,6 +76,36 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--output", "-o", default="reports/results.json", help="results file (default %(default)s)")
     budget_args(rn)
     rn.set_defaults(func=cmd_run)
+
+    def threshold_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--factor", type=float, default=DEFAULT_FACTOR,
+                        help="a conformant slot regresses when its largest error/budget grows past this many "
+                             "times the baseline's (default %(default)s)")
+        sp.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
+                        help="baselines below this error/budget count as this much, so growth from "
+                             "near zero is ignored (default %(default)s)")
+
+    mg = sub.add_parser("merge", help="combine results files from several environments into one")
+    mg.add_argument("files", nargs="+", metavar="FILE", help="results files (runs' or merged)")
+    mg.add_argument("--output", "-o", required=True, help="the merged results file")
+    mg.set_defaults(func=cmd_merge)
+
+    cp = sub.add_parser("compare", help="regressions and improvements from a baseline; exit 1 on a regression")
+    cp.add_argument("baseline", metavar="BASELINE", help="results file to compare against")
+    cp.add_argument("current", metavar="CURRENT", help="results file to judge")
+    threshold_args(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="one self-contained HTML report of results files")
+    rp.add_argument("files", nargs="+", metavar="RESULTS",
+                    help="results files (runs' or merged); a folder means its results-*.json files")
+    rp.add_argument("--output", "-o", default="reports/index.html",
+                    help="the HTML file; counterexamples go to npz/ beside it (default %(default)s)")
+    rp.add_argument("--baseline", help="a results file to compare with: regressions are highlighted")
+    rp.add_argument("--spec-url", help="where spec/ is published, e.g. https://github.com/ORG/REPO/blob/main/spec "
+                                       "(default: a relative link to this checkout's spec/)")
+    threshold_args(rp)
+    rp.set_defaults(func=cmd_report)
     return p
 
 
@@ -200,3 +238,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = write_results(args.output, cells)
     print(f"\n{summary_line(cells)}\nresults: {path}")
     return _exit_code(cells)
+
+
+def _thresholds(args: argparse.Namespace) -> None:
+    if not args.factor > 1:
+        raise UsageError(f"--factor must be greater than 1, got {args.factor}")
+    if not args.floor >= 0:
+        raise UsageError(f"--floor must be at least 0, got {args.floor}")
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    docs = [(path, load_results(path)) for path in args.files]  # every input read before anything is written
+    merged = merge_documents(docs, sys.argv)
+    path = write_document(args.output, merged)
+    print(f"{len(merged['cells'])} cells from {len(merged['environments'])} environment(s) "
+          f"in {len(docs)} file(s): {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _thresholds(args)
+    baseline, current = load_results(args.baseline), load_results(args.current)
+    result = compare(baseline, current, factor=args.factor, floor=args.floor)
+    if not result.compared and not result.changes:
+        raise UsageError(f"{args.baseline} and {args.current} have no slot in common: nothing to compare")
+    print(format_comparison(result, args.baseline, args.current))
+    return 1 if result.regressions else 0
+
+
+def _results_files(paths: list[str]) -> list[str]:
+    """Files as given; a folder stands for the results-*.json files in it (what `tox` leaves in reports/)."""
+    found: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(glob.glob(os.path.join(path, "results-*.json")))
+            if not inside:
+                raise UsageError(f"{path} is a folder with no results-*.json files in it")
+            found += inside
+        else:
+            found.append(path)
+    return found
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from conformance.report import write_report  # jinja2 and the report's helpers, only when asked for
+
+    _thresholds(args)
+    written = write_report(_results_files(args.files), args.output, baseline=args.baseline, spec_url=args.spec_url,
+                           factor=args.factor, floor=args.floor)
+    print(f"report: {written.html} ({written.npz} .npz file(s) beside it)")
+    for note in written.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0

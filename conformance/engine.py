@@ -17,6 +17,7 @@ import importlib
 import json
 import math
 import platform
+import random
 import shlex
 import time
 import traceback
@@ -38,6 +39,8 @@ from impls import DEVICES, DTYPES, MODES, Registered, numpy_dtype
 VERDICTS = ("conformant", "non-conformant", "unsupported", "not-available", "error")
 #: Shapes per cell in the compiled mode, at least one per stratum.
 COMPILED_SHAPES = 4
+#: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
+SAMPLE_CAP = 200
 
 
 class NonConformance(Exception):
@@ -77,10 +80,12 @@ class CellResult:
     max_error: dict[str, float] = field(default_factory=dict)  # eps units, per output
     p99_error: dict[str, float] = field(default_factory=dict)
     budget: dict[str, float] = field(default_factory=dict)  # eps units, per output, at the worst example
+    output_ratio: dict[str, float] = field(default_factory=dict)  # per output, the largest error / budget
     k: float | None = None  # the budget constant of this dtype (conformance/tolerances.py)
     max_ratio: float | None = None  # error / budget, worst over outputs and examples
     p99_ratio: float | None = None
     worst: dict[str, Any] | None = None  # the example with the largest ratio
+    samples: dict[str, Any] = field(default_factory=lambda: Samples().to_json())  # (example, ratio) table
     reason: str | None = None  # why not conformant, or why it could not run
     sections: list[str] = field(default_factory=list)  # spec sections of the failure
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
@@ -89,6 +94,35 @@ class CellResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class Samples:
+    """A bounded, uniform sample of a cell's passing examples and their error / budget ratios.
+
+    The report plots the ratio against each shape parameter from it. Stored as
+    a table (`columns`, then one row per example, the ratio last) to keep results
+    files small; `total` counts every passing example seen. Past `cap` rows it is
+    a reservoir sample, seeded so that a run repeats exactly.
+    """
+
+    def __init__(self, cap: int = SAMPLE_CAP, seed: int = 0):
+        self.cap, self.total = cap, 0
+        self.columns: list[str] = []
+        self.rows: list[list[Any]] = []
+        self._rng = random.Random(seed)
+
+    def add(self, example: Mapping[str, Any], ratio: float) -> None:
+        if not self.columns:
+            self.columns = [*example, "ratio"]
+        row = [example.get(k) for k in self.columns[:-1]] + [float(f"{ratio:.4g}")]
+        self.total += 1
+        if len(self.rows) < self.cap:
+            self.rows.append(row)
+        elif (j := self._rng.randrange(self.total)) < self.cap:
+            self.rows[j] = row
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "rows": [list(r) for r in self.rows], "total": self.total}
 
 
 def machine() -> dict[str, str]:
@@ -299,18 +333,23 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     ratios: list[float] = []
     errors: dict[str, list[float]] = {}
     failure: list[tuple[dict[str, Any], NonConformance]] = []
+    samples = Samples(seed=seed)
 
     def record(ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
         result.examples += 1
         ratios.append(outcome.ratio)
+        if ex is not None:  # worked examples have arrays of their own, not a point in the parameter space
+            samples.add(ex, outcome.ratio)
         for k, v in outcome.errors.items():
             errors.setdefault(k, []).append(v)
             result.max_error[k] = max(result.max_error.get(k, 0.0), v)
+            result.output_ratio[k] = max(result.output_ratio.get(k, 0.0), v / outcome.budgets[k])
         if result.max_ratio is None or outcome.ratio > result.max_ratio:
             result.max_ratio, result.worst = outcome.ratio, dict(ex) if ex is not None else None
             result.budget = dict(outcome.budgets)
 
     def percentiles() -> None:
+        result.samples = samples.to_json()
         if ratios:
             result.p99_ratio = float(np.percentile(ratios, 99))
             result.p99_error = {k: float(np.percentile(v, 99)) for k, v in errors.items()}
@@ -329,6 +368,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         except NonConformance as e:
             return fail(dict(example), e, "example")
         result.verdict = "conformant"
+        percentiles()
         return
 
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])

@@ -7,15 +7,18 @@ import math
 import os
 import platform
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any, Iterable
 
+from conformance.atomic import atomic_write
 from conformance.engine import VERDICTS, CellResult, machine
 
-SCHEMA = "conformance-results/2"
+#: The format of results files: conformance/results.schema.json describes it,
+#: reports/README.md in prose. /3 added the list of environments (one per run a
+#: file's cells come from) and each cell's `env`, `samples` and `output_ratio`.
+SCHEMA = "conformance-results/3"
 _PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 
@@ -31,32 +34,34 @@ def environment() -> dict[str, Any]:
             "keras_backend": os.environ.get("KERAS_BACKEND")}
 
 
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def write_results(path: Path | str, cells: Iterable[CellResult], command: list[str] | None = None) -> Path:
-    """Write a results file atomically: a reader sees the old file or the whole new one."""
-    path = Path(path)
-    data = {
+    """Write one run's results file atomically: a reader sees the old file or the whole new one.
+
+    A run has one environment, index 0, which every cell points to; `conformance
+    merge` combines files from several runs and renumbers them.
+    """
+    command = list(command if command is not None else sys.argv)
+    created = now()
+    return write_document(path, {
         "schema": SCHEMA,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else sys.argv,
-        "environment": environment(),
-        "cells": [_finite_floats(c.to_json()) for c in cells],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False, default=_finite)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+        "created": created,
+        "command": command,
+        "environments": [{"created": created, "command": command, **environment()}],
+        "cells": [{**c.to_json(), "env": 0} for c in cells],
+    })
+
+
+def write_document(path: Path | str, data: dict[str, Any]) -> Path:
+    """Write a whole results document (a run's or a merge's) as strict JSON, atomically."""
+    def dump(f: IO[str]) -> None:
+        json.dump(_finite_floats(data), f, indent=1, allow_nan=False, default=_finite)
+        f.write("\n")
+
+    return atomic_write(path, dump)
 
 
 def _finite_floats(value: Any) -> Any:

@@ -100,7 +100,7 @@ def test_results_file_is_written_whole_or_not_at_all(tmp_path, mha_spec, monkeyp
     before = path.read_text()
     data = json.loads(before)
     assert data["schema"] == results.SCHEMA and data["cells"][0]["verdict"] == "conformant"
-    assert data["environment"]["packages"]["numpy"]
+    assert data["environments"][0]["packages"]["numpy"] and data["cells"][0]["env"] == 0
 
     def explode(*a, **k):
         raise OSError("disk full")

@@ -1,0 +1,151 @@
+"""Comparing two results documents slot by slot: regressions, improvements, and what was not compared.
+
+A regression is one of:
+- a slot that was conformant and now is not (non-conformant, error, or no longer supported);
+- a new kind of failure: a slot that now fails and before did not run, or failed in another way
+  (another verdict, or another reason class; see `reason_class`);
+- a largest error / budget that grew past `factor` times the baseline's, even inside the budget.
+  A baseline below `floor` (a tiny fraction of the budget, e.g. an exact float64 result) counts as
+  `floor`, so noise around zero is not a regression; such growth is listed as a note.
+
+Slots are matched by (component, implementation, backend, device, mode, dtype); a slot
+run in several environments is judged by its worst cell (`merge.representative`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.merge import Key, key_label, slots
+
+DEFAULT_FACTOR = 2.0
+DEFAULT_FLOOR = 1e-3
+_FAILED = ("non-conformant", "error")
+_DID_NOT_RUN = ("unsupported", "not-available")
+#: At most this many slots are named when a whole group is only in one of the two documents.
+_NAMED = 5
+
+
+@dataclass
+class Change:
+    key: Key
+    kind: str  # "regression", "improvement" or "note"
+    what: str
+
+
+@dataclass
+class Comparison:
+    factor: float
+    floor: float
+    compared: int = 0
+    changes: list[Change] = field(default_factory=list)
+    only_baseline: list[Key] = field(default_factory=list)
+    only_current: list[Key] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Change]:
+        return [c for c in self.changes if c.kind == kind]
+
+    @property
+    def regressions(self) -> list[Change]:
+        return self.of_kind("regression")
+
+    def by_key(self) -> dict[Key, Change]:
+        """The most important change of each slot (a regression over anything else)."""
+        order = {"regression": 0, "improvement": 1, "note": 2}
+        found: dict[Key, Change] = {}
+        for c in sorted(self.changes, key=lambda c: order[c.kind]):
+            found.setdefault(c.key, c)
+        return found
+
+
+def reason_class(cell: dict[str, Any]) -> str:
+    """A failure's kind, without the numbers and names that vary between runs.
+
+    `example: output 'output' differs from the reference by 4.9e+06 eps ...` -> `non-conformant: output 'output' differs`;
+    `example: raised ValueError: ...` -> `non-conformant: raised ValueError`.
+    """
+    reason = re.sub(r"^(example|worked example '[^']*'): ", "", cell.get("reason") or "")
+    patterns = [
+        (r"^(build raised|raised) ([\w.]+)", "{0} {1}"),
+        (r"^output ('[^']*') (missing|is not array-like|has shape|has dtype|differs)", "output {0} {1}"),
+        (r"^output ('[^']*') has \d+ non-finite", "output {0} non-finite"),
+        (r"^returned (\w+)", "returned {0}"),
+        (r"^([\w.]+(?:Error|Exception)):", "{0}"),
+    ]
+    for pattern, form in patterns:
+        if m := re.match(pattern, reason):
+            return f"{cell['verdict']}: {form.format(*m.groups())}"
+    words = re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "N", reason).split()[:6]
+    return f"{cell['verdict']}: {' '.join(words)}".rstrip(": ")
+
+
+def _ratio(cell: dict[str, Any]) -> float:
+    r = cell["max_ratio"]
+    return 0.0 if r is None else r
+
+
+def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float = DEFAULT_FACTOR,
+            floor: float = DEFAULT_FLOOR) -> Comparison:
+    """Every change from `baseline` to `current` (both as `schema.load_results` returns them)."""
+    before, after = slots(baseline), slots(current)
+    result = Comparison(factor, floor)
+    result.only_baseline = [k for k in before if k not in after]
+    for key, now in after.items():
+        was = before.get(key)
+        if was is None:
+            result.only_current.append(key)
+            if now["verdict"] in _FAILED:
+                result.changes.append(Change(key, "regression", f"new slot, {reason_class(now)}"))
+            continue
+        result.compared += 1
+        what = _change(was, now, factor, floor)
+        if what is not None:
+            result.changes.append(Change(key, *what))
+    return result
+
+
+def _change(was: dict[str, Any], now: dict[str, Any], factor: float, floor: float) -> tuple[str, str] | None:
+    """(kind, text) for one slot, or None when nothing worth saying changed."""
+    v0, v1 = was["verdict"], now["verdict"]
+    if v0 == "conformant" and v1 in (*_FAILED, "unsupported"):
+        return "regression", f"was conformant, now {v1}: {now['reason']}"
+    if v1 in _FAILED and v0 not in _FAILED:
+        return "regression", f"now {v1} (was {v0}): {now['reason']}"
+    if v1 in _FAILED and reason_class(now) != reason_class(was):
+        return "regression", f"new kind of failure: {reason_class(now)} (was {reason_class(was)}): {now['reason']}"
+    if v0 in _FAILED and v1 == "conformant":
+        return "improvement", f"was {v0}, now conformant"
+    if v0 in _DID_NOT_RUN and v1 == "conformant":
+        return "improvement", f"now runs and is conformant (was {v0})"
+    if v0 == "conformant" and v1 == "not-available":
+        return "note", f"not compared: conformant in the baseline, not available now ({now['reason']})"
+    if v0 == v1 == "conformant":
+        r0, r1 = _ratio(was), _ratio(now)
+        grew = f"largest error/budget {r0:.3g} -> {r1:.3g}"
+        if r1 > factor * max(r0, floor):
+            times = f"x{r1 / r0:.3g}" if r0 > 0 else "from zero"
+            return "regression", f"{grew} ({times}, more than x{factor:g}), still inside the budget"
+        if r1 > factor * r0:
+            return "note", (f"{grew}: growth ignored, the baseline is below {floor:g} of the budget "
+                            f"and the new value below {factor:g} x {floor:g}")
+        if r0 >= floor and r1 < r0 / factor:
+            return "improvement", f"{grew} (less than 1/{factor:g} of the baseline)"
+    return None
+
+
+def format_comparison(result: Comparison, baseline: str, current: str) -> str:
+    """The comparison as `conformance compare` prints it: one line per change, then a tally."""
+    lines = [f"compared {result.compared} slots of {baseline} (baseline) with {current} "
+             f"(factor {result.factor:g}, floor {result.floor:g})"]
+    heads = {"regression": "REGRESSION ", "improvement": "improvement", "note": "note       "}
+    for kind in ("regression", "improvement", "note"):
+        lines += [f"{heads[kind]} {key_label(c.key)}: {c.what}" for c in result.of_kind(kind)]
+    for keys, where in ((result.only_baseline, "only in the baseline"), (result.only_current, "only in current")):
+        if keys:
+            named = ", ".join(key_label(k) for k in keys[:_NAMED]) + (", ..." if len(keys) > _NAMED else "")
+            lines.append(f"note        {len(keys)} slot(s) {where}, not compared: {named}")
+    n = {k: len(result.of_kind(k)) for k in heads}
+    lines.append(f"{n['regression']} regression(s), {n['improvement']} improvement(s), {n['note']} note(s)")
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Combining results from several runs, and reading one verdict per matrix slot out of them.
+
+A merged file has the format of a run's file (results.schema.json): the
+environments of all its inputs in one list, each cell pointing to the one it
+came from. Merging is idempotent: an environment or a cell that is already
+there (the same file merged twice, or a merged file merged with one of its
+sources) is kept once, so merged files can be merged again.
+
+Two environments may both have run the same slot, i.e. the same (component,
+implementation, backend, device, mode, dtype): the NumPy cells of a CPU and a
+GPU machine, say. Where one verdict per slot is needed (the report's matrix,
+`compare`) it is the worst of those that ran; see `representative`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+from conformance.results import SCHEMA, now
+
+#: (component, implementation, backend, device, mode, dtype): how cells are matched across files.
+Key = tuple[str, str, str | None, str, str, str]
+#: Which cell of a slot speaks for it: failures first, then the largest error; a cell that
+#: could not run only when no environment ran the slot (unsupported says more than not-available).
+_RANK = {"error": 0, "non-conformant": 1, "conformant": 2, "unsupported": 3, "not-available": 4}
+
+
+def cell_key(cell: dict[str, Any]) -> Key:
+    return (cell["component"], cell["implementation"], cell["backend"], cell["device"], cell["mode"],
+            cell["dtype"])
+
+
+def key_label(key: Key) -> str:
+    """A slot as one line of text, e.g. `mha keras[jax] cpu compiled float16`."""
+    component, impl, backend, device, mode, dtype = key
+    return f"{component} {impl}{f'[{backend}]' if backend else ''} {device} {mode} {dtype}"
+
+
+def _identity(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[str]) -> dict[str, Any]:
+    """One document from (source name, document) pairs, as `schema.load_results` returns them.
+
+    Each environment records the file it first came from as `source`; that is
+    not part of its identity, so a file named two ways is still merged once.
+    """
+    environments: list[dict[str, Any]] = []
+    env_index: dict[str, int] = {}
+    cells: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for source, doc in inputs:
+        renumber = {}
+        for i, env in enumerate(doc["environments"]):
+            identity = _identity({k: v for k, v in env.items() if k != "source"})
+            if identity not in env_index:
+                env_index[identity] = len(environments)
+                environments.append({**env, "source": env.get("source", source)})
+            renumber[i] = env_index[identity]
+        for cell in doc["cells"]:
+            cell = {**cell, "env": renumber[cell["env"]]}
+            identity = _identity(cell)
+            if identity not in seen:
+                seen.add(identity)
+                cells.append(cell)
+    return {"schema": SCHEMA, "created": now(), "command": list(command), "environments": environments,
+            "cells": cells}
+
+
+def by_slot(cells: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
+    """Cells grouped by slot, each group in the order of the input."""
+    slots: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        slots[cell_key(cell)].append(cell)
+    return dict(slots)
+
+
+def representative(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The cell that speaks for a slot run in several environments: the worst of those that ran."""
+    def badness(cell: dict[str, Any]) -> tuple[int, float]:
+        ratio = cell["max_ratio"]
+        return _RANK.get(cell["verdict"], 0), -(ratio if ratio is not None and ratio == ratio else 0.0)
+
+    return min(cells, key=badness)
+
+
+def slots(doc: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+    """One cell per slot of a document."""
+    return {key: representative(cells) for key, cells in by_slot(doc["cells"]).items()}

@@ -1,0 +1,112 @@
+"""Reading results files: parse, check against conformance/results.schema.json, upgrade older versions.
+
+`merge`, `report` and `compare` read files written on other machines, perhaps
+by other versions, perhaps cut short; each problem is reported once, naming the
+file and what is wrong with it, before anything is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from conformance.results import SCHEMA
+from impls import UsageError
+
+SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
+#: Versions this code reads; older ones are upgraded in memory to SCHEMA.
+READABLE = ("conformance-results/2", SCHEMA)
+#: Cell fields that hold a number, or "inf"/"-inf"/"nan" for a non-finite one.
+_REAL_FIELDS = ("max_ratio", "p99_ratio")
+_PER_OUTPUT_FIELDS = ("max_error", "p99_error", "budget", "output_ratio")
+
+
+class ResultsFileError(UsageError):
+    """A results file that cannot be read, is not JSON, or does not follow a schema this code reads."""
+
+    def __init__(self, path: Path | str, message: str):
+        self.path, self.message = str(path), message
+        super().__init__(f"{path}: {message}")
+
+
+@functools.cache
+def validator() -> Any:
+    """A validator for results.schema.json (the schema itself is checked once, too)."""
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def problems(data: Any) -> list[str]:
+    """What keeps `data` from being a valid SCHEMA document, most relevant first; [] if it is one."""
+    errors = sorted(validator().iter_errors(data), key=jsonschema.exceptions.relevance)
+    found = [_describe(e) for e in errors]
+    if not found:  # what JSON Schema cannot say: each cell's environment exists
+        n = len(data["environments"])
+        found = [f"at cells/{i}/env: environment {c['env']} does not exist (the file has {n})"
+                 for i, c in enumerate(data["cells"]) if c["env"] >= n]
+    return found
+
+
+def _describe(error: jsonschema.exceptions.ValidationError) -> str:
+    where = "/".join(str(p) for p in error.absolute_path) or "the top level"
+    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    return f"at {where}: {message}"
+
+
+def load_results(path: Path | str) -> dict[str, Any]:
+    """One results file as a SCHEMA document, non-finite numbers as floats; ResultsFileError if it is not one."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ResultsFileError(path, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ResultsFileError(path, "not a results file: not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ResultsFileError(path, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict) or "schema" not in data:
+        raise ResultsFileError(path, f"not a results file: no 'schema' field; readable: {', '.join(READABLE)}")
+    version = data["schema"]
+    if version not in READABLE:
+        raise ResultsFileError(path, f"schema {version!r} is not one this version reads; "
+                                     f"readable: {', '.join(READABLE)}")
+    if version != SCHEMA:
+        data = _upgrade_2(path, data)
+    found = problems(data)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ResultsFileError(path, f"does not follow {version}: {found[0]}{more}")
+    return _decode_reals(data)
+
+
+def _upgrade_2(path: Path | str, data: dict[str, Any]) -> dict[str, Any]:
+    """A conformance-results/2 file (one run, one top-level environment) in the shape of SCHEMA."""
+    if not isinstance(data.get("environment"), dict) or not isinstance(data.get("cells"), list):
+        raise ResultsFileError(path, "does not follow conformance-results/2: it needs an 'environment' "
+                                     "object and a 'cells' list")
+    env = {"created": data.get("created", ""), "command": data.get("command", []), **data["environment"]}
+    empty = {"columns": [], "rows": [], "total": 0}
+    cells = [{"samples": empty, "output_ratio": {}, **c, "env": 0} if isinstance(c, dict) else c
+             for c in data["cells"]]
+    rest = {k: v for k, v in data.items() if k not in ("environment", "cells", "schema")}
+    return {**rest, "schema": SCHEMA, "environments": [env], "cells": cells}
+
+
+def _decode_reals(data: dict[str, Any]) -> dict[str, Any]:
+    """The strings "inf", "-inf" and "nan" that results files use for non-finite numbers, as floats."""
+    def real(v: Any) -> Any:
+        return float(v) if isinstance(v, str) else v
+
+    for cell in data["cells"]:
+        for name in _REAL_FIELDS:
+            cell[name] = real(cell[name])
+        for name in _PER_OUTPUT_FIELDS:
+            cell[name] = {k: real(v) for k, v in cell[name].items()}
+    return data

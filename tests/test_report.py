@@ -1,0 +1,222 @@
+"""`conformance report`: one self-contained HTML page, everything from a results file escaped, drill-downs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import generate
+from conformance.cli import main
+from conformance.report import github_anchor
+from conformance.report_matrix import format_ratio
+from conformance.spec import load_spec
+
+from results_sample import find, read, save, write
+
+HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+
+
+class Page(HTMLParser):
+    """Every start tag with its attributes, the ids, and the text of script and style elements."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.ids: set[str] = set()
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self._in: str | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        self._in = tag if tag in ("script", "style") else None
+
+    def handle_data(self, data):
+        if self._in == "script":
+            self.scripts.append(data)
+        elif self._in == "style":
+            self.styles.append(data)
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def attrs(self, name: str) -> list[str]:
+        return [a[name] for _, a in self.tags if a.get(name) is not None]
+
+
+@pytest.fixture
+def report(tmp_path):
+    """Results with one failing plug-in cell, reported to tmp/site/index.html; returns (html, page, dir)."""
+    def make(data=None, *extra):
+        results = write(tmp_path / "results.json")
+        if data is not None:
+            results = save(tmp_path / "results.json", data(read(results)))
+        out = tmp_path / "site" / "index.html"
+        assert main(["report", str(results), "-o", str(out), *extra]) == 0
+        html = out.read_text()
+        return html, Page(html), out.parent
+
+    return make
+
+
+def test_text_from_results_files_is_escaped(report):
+    def inject(data):
+        cell = find(data, verdict="non-conformant")
+        cell["reason"] = cell["repro"] = HOSTILE
+        cell["sections"] = [HOSTILE, "mha \u00a77.1"]
+        cell["counterexample"]["mask"] = HOSTILE
+        cell["environment"]["torch"] = HOSTILE
+        cell["samples"]["columns"][0] = HOSTILE
+        data["environments"][0]["cpu"] = HOSTILE
+        data["environments"][0]["packages"][HOSTILE] = "1.0"
+        data["command"] = [HOSTILE]
+        find(data, verdict="unsupported")["reason"] = HOSTILE
+        return data
+
+    html, page, _ = report(inject)
+    assert "<script>alert" not in html and "<img" not in html and "alert(2)>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert [t for t, _ in page.tags].count("script") == 1  # the page's own, with no data in it
+    assert "alert" not in "".join(page.scripts) and not any(t == "img" for t, _ in page.tags)
+    assert not [(t, k) for t, a in page.tags for k in a if k.startswith("on")]  # no event handler attributes
+    assert any(HOSTILE in (a.get("title") or "") for _, a in page.tags)  # shown, as text, in a tooltip
+
+
+def test_the_page_is_self_contained(report):
+    html, page, site = report()
+    assert not page.attrs("src")  # nothing loaded: scripts, images and styles are inline
+    assert not [t for t, _ in page.tags if t in ("link", "iframe", "object", "embed", "img", "base")]
+    for href in page.attrs("href"):
+        assert not re.match(r"(?i)(https?:)?//", href), href
+        if href.startswith("#"):
+            assert href[1:] in page.ids, f"dangling anchor {href}"
+        elif href.startswith("npz/"):
+            assert (site / href).is_file()
+    styles = "".join(page.styles)
+    assert "@import" not in styles and "url(" not in styles
+    assert "http://" not in html and "https://" not in html
+
+
+def test_totals_matrix_and_drill_down(report):
+    html, page, _ = report()
+    totals = dict(re.findall(r'<div class="total v-([\w-]+)"><b>(\d+)</b>', html))
+    assert totals == {"conformant": "3", "non-conformant": "1", "unsupported": "1", "not-available": "1",
+                      "error": "0"}
+    # one column group per implementation, device and mode; folded at first where nothing ran
+    groups = {a["data-g"]: a for t, a in page.tags if t == "th" and "grp" in a.get("class", "")}
+    assert len(groups) >= 3 + 2 + 2
+    assert any("data-idle" in a for a in groups.values())
+    # each matrix cell links to its slot's section
+    links = [a["href"][1:] for t, a in page.tags if t == "a" and a.get("href", "").startswith("#mha")]
+    assert "mha--numpy--cpu--eager--float32" in links and set(links) <= page.ids
+    section = _section(html, "mha--numpy--cpu--eager--float32")
+    assert 'class="scatter"' in section and "against d_model" in section
+    assert "reproduce" in section.lower() and "conformance check mha --impl numpy --dtype float32" in section
+    assert "reference (NumPy, float64)" in section and "numpy, float32" in section  # attention heatmaps
+
+
+def _section(html: str, ident: str) -> str:
+    start = html.index(f'<details class="slot" id="{ident}"')
+    return html[start:html.index("</details>", start)]
+
+
+def test_a_failing_cell_shows_its_counterexample_sections_and_npz(report, root):
+    html, page, site = report()
+    data = read(site.parent / "results.json")
+    cell = find(data, verdict="non-conformant")
+    ident = next(i for i in page.ids if i.endswith("InvertedMask--cpu--eager--float32"))
+    section = _section(html, ident)
+    assert "minimal counterexample" in section and "example: output" in section
+    assert "mha \u00a77 Masks" in section
+    # spec links are relative, and lead to the spec file and one of its headings
+    hrefs = [h for h in re.findall(r'href="([^"]+)"', section) if ".md#" in h]
+    path, anchor = hrefs[0].split("#")
+    assert Path(os.path.normpath(site / path)) == root / "spec" / "mha.md"
+    headings = re.findall(r"^#{2,3} (.+)$", (root / "spec" / "mha.md").read_text(), re.M)
+    assert anchor in {github_anchor(h) for h in headings}
+    # the .npz holds the counterexample's arrays as the implementation received them
+    npz = site / f"npz/{ident}.npz"
+    assert f'href="npz/{ident}.npz"' in section
+    with np.load(npz, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        assert meta["example"] == cell["counterexample"] and meta["cell"]["dtype"] == "float32"
+        weights, inputs = generate.make_arrays(load_spec(root / "spec" / "mha.md"), cell["counterexample"])
+        np.testing.assert_array_equal(z["weight.W_q"], weights["W_q"].astype(np.float32).astype(np.float64))
+        np.testing.assert_array_equal(z["input.attention_mask"], inputs["attention_mask"])
+        assert z["reference.output"].shape == z["input.query"].shape
+
+
+def test_plugins_named_in_results_are_not_run_by_the_report(report, tmp_path):
+    """A results file could name any file as an implementation; the report does not import it."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').close()\n"
+                    "from impls.numpy.mha import Implementation as Impl\n")
+
+    def point_at_evil(data):
+        find(data, verdict="non-conformant")["implementation"] = f"{evil}:Impl"
+        return data
+
+    html, _, _ = report(point_at_evil)
+    assert not marker.exists()
+    assert "Not recomputed:" in html and "the report runs registered implementations only" in html
+
+
+def test_spec_url_and_baseline(report, tmp_path):
+    baseline = tmp_path / "baseline.json"
+    base = read(write(tmp_path / "b0.json"))
+    save(baseline, base)
+
+    def regress(data):
+        cell = find(data, component="ffn")
+        cell.update(verdict="non-conformant", reason="example: output 'output' differs from the reference")
+        return data
+
+    html, page, _ = report(regress, "--baseline", str(baseline), "--spec-url", "https://example.org/spec/")
+    assert "https://example.org/spec/mha.md#" in html  # links, not fetches
+    assert not page.attrs("src")
+    cell = next(a for t, a in page.tags if t == "td" and " reg" in a.get("class", ""))
+    assert "v-non-conformant" in cell["class"]
+    section = html[html.index('id="comparison"'):html.index('id="slots"')]
+    assert "Regressions" in section and "ffn numpy cpu eager float32</a>: was conformant, now non-conformant" in section
+
+
+def test_ratio_format():
+    assert [format_ratio(r) for r in (None, 0.0, 0.00721, 0.5, 1.25, 4e-5, float("inf"))] == \
+        ["-", "0", "0.0072", "0.5", "1.2", "4e-05", "inf"]
+
+
+def test_a_slot_from_several_environments_shows_the_worst_and_lists_the_others(report, tmp_path, monkeypatch):
+    def two_machines(data):
+        other = json.loads(json.dumps(data))
+        other["environments"][0]["cpu"] = "Other CPU 9000"
+        failing = find(other, component="ffn")
+        failing.update(verdict="error", reason="RuntimeError: out of memory")
+        # and a Keras cell from another backend, whose attention weights this process cannot recompute
+        keras = json.loads(json.dumps(find(other, component="mha", implementation="numpy", dtype="float32",
+                                           device="cpu", mode="eager")))
+        keras.update(implementation="keras", framework="keras", backend="jax")
+        other["cells"].append(keras)
+        other["cells"] = [{**c, "env": 1} for c in other["cells"]]
+        return {**data, "environments": data["environments"] + other["environments"],
+                "cells": data["cells"] + other["cells"]}
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    html, page, _ = report(two_machines)
+    assert "Other CPU 9000" in html and "environment 1" in html
+    section = _section(html, "ffn--numpy--cpu--eager--float32")
+    assert "badge v-error" in section and "RuntimeError: out of memory" in section
+    assert "The same slot in other environments" in section and "v-conformant" in section
+    mha = _section(html, "mha--numpy--cpu--eager--float32")
+    assert ("Not recomputed: keras[jax]: this process runs Keras on tensorflow, the cell ran on jax" in mha
+            or "Not recomputed: keras[jax]: not installed" in mha)
