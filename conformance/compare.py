@@ -1,7 +1,7 @@
 """Comparing two results documents slot by slot: regressions, improvements, and what was not compared.
 
 A regression is one of:
-- a slot that was conformant and now is not (non-conformant, error, or no longer supported);
+- a slot that was conformant and now is not (non-conformant, error, a known deviation, or no longer supported);
 - a new kind of failure: a slot that now fails and before did not run, or failed in another way
   (another verdict, or another reason class; see `reason_class`);
 - a largest error / budget that grew past `factor` times the baseline's, even inside the budget.
@@ -109,7 +109,7 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float 
 def _change(was: dict[str, Any], now: dict[str, Any], factor: float, floor: float) -> tuple[str, str] | None:
     """(kind, text) for one slot, or None when nothing worth saying changed."""
     v0, v1 = was["verdict"], now["verdict"]
-    if v0 == "conformant" and v1 in (*_FAILED, "unsupported"):
+    if v0 == "conformant" and v1 in (*_FAILED, "unsupported", "known-deviation"):
         return "regression", f"was conformant, now {v1}: {now['reason']}"
     if v1 in _FAILED and v0 not in _FAILED:
         return "regression", f"now {v1} (was {v0}): {now['reason']}"

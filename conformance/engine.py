@@ -26,21 +26,37 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
+from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, target
+from hypothesis.errors import Unsatisfiable
 from hypothesis import seed as hypothesis_seed
 
-from conformance import generate, tolerances
+from conformance import deviations, generate, tolerances
+from conformance.deviations import Deviation
 from conformance.spec import Example, Spec, evaluate
 from impls import DEVICES, DTYPES, MODES, Registered, numpy_dtype
 
-#: conformant and non-conformant are the answers; unsupported: the implementation
-#: does not offer this dtype or mode; not-available: this machine lacks the device or
-#: framework; error: the harness could not run the cell.
-VERDICTS = ("conformant", "non-conformant", "unsupported", "not-available", "error")
+#: conformant and non-conformant are the answers; known-deviation: conformant except on
+#: examples that a ledger entry (spec/deviations.toml) covers, where it still deviates as
+#: recorded; unsupported: the implementation does not offer this dtype or mode (or any of the
+#: drawn layer configs); not-available: this machine lacks the device or framework; error:
+#: the harness could not run the cell.
+VERDICTS = ("conformant", "known-deviation", "non-conformant", "unsupported", "not-available", "error")
 #: Shapes per cell in the compiled mode, at least one per stratum.
 COMPILED_SHAPES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
+
+
+class ConfigUnsupported(Exception):
+    """An example whose layer config the implementation says it cannot express (`supports`)."""
+
+
+class KnownDeviation(Exception):
+    """An example covered by a ledger entry, on which the candidate still deviates as recorded."""
+
+    def __init__(self, entry: Deviation, reason: str):
+        super().__init__(reason)
+        self.entry, self.reason = entry, reason
 
 
 class NonConformance(Exception):
@@ -49,6 +65,10 @@ class NonConformance(Exception):
     def __init__(self, reason: str, sections: tuple[str, ...] = (), output: str | None = None):
         super().__init__(reason)
         self.reason, self.sections, self.output = reason, sections, output
+
+
+class StaleEntry(NonConformance):
+    """A ledger entry covers the example, but the candidate now follows the spec on it."""
 
 
 @dataclass
@@ -89,6 +109,10 @@ class CellResult:
     reason: str | None = None  # why not conformant, or why it could not run
     sections: list[str] = field(default_factory=list)  # spec sections of the failure
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
+    outputs_compared: list[str] = field(default_factory=list)  # all the spec's, or those the implementation returns
+    skipped: int = 0  # examples whose layer config the implementation cannot express (its `supports`)
+    known_deviations: int = 0  # examples a ledger entry covers, on which it deviated as recorded
+    deviation: str | None = None  # the ledger entry's id, when known_deviations > 0
     repro: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)  # framework versions, precision flags
 
@@ -149,8 +173,11 @@ class Runner:
     compiled mode it is the compilation (`compile_seconds`).
     """
 
-    def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager"):
+    def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager",
+                 ledger: list[Deviation] = ()):
         self.spec, self.impl, self.dtype, self.device, self.mode = spec, impl, dtype, device, mode
+        self.outputs = impl.outputs(tuple(spec.outputs))
+        self.ledger = deviations.entries_for(list(ledger), spec.component, impl.label)
         self.reference = reference_forward(spec.component)
         self._instances: dict[tuple, Any] = {}
         self.shapes_seen: set[tuple] = set()
@@ -158,6 +185,9 @@ class Runner:
 
     def instance(self, config: Mapping[str, Any]) -> Any:
         key = tuple(sorted(config.items()))
+        reason = self.impl.unsupported_config(config)
+        if reason is not None:
+            raise ConfigUnsupported(reason)
         if key not in self._instances:
             extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
             try:
@@ -180,6 +210,19 @@ class Runner:
 
     def compare(self, config: Mapping[str, Any], example: Mapping[str, Any],
                 weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
+        """`check` the example; where a ledger entry covers it, require the recorded deviation instead."""
+        entry = next((d for d in self.ledger if d.matches(example, inputs)), None)
+        if entry is None:
+            return self.check(config, example, weights, inputs)
+        try:
+            self.check(config, example, weights, inputs)
+        except NonConformance as e:
+            raise KnownDeviation(entry, e.reason) from None
+        raise StaleEntry(f"ledger entry {entry.id!r} is stale: {self.impl.label} now follows the spec on an "
+                             f"example where {entry.condition} ({entry.explanation})", entry.sections)
+
+    def check(self, config: Mapping[str, Any], example: Mapping[str, Any],
+              weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
         weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
         diagnostics: dict[str, float] = {}
         reference = self.reference(example, generate.cast(weights, "float64"),
@@ -204,7 +247,8 @@ class Runner:
             raise NonConformance(f"returned {type(got).__name__}, expected a dict of outputs "
                                  f"{', '.join(self.spec.outputs)}", ("4",))
         # float outputs first: a greedy comparison needs its logits' tolerance
-        for out in sorted(self.spec.outputs.values(), key=lambda o: o.dtype != "float"):
+        compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
+        for out in sorted(compared, key=lambda o: o.dtype != "float"):
             name, sections = out.name, out.sections
             if name not in got:
                 raise NonConformance(f"output {name!r} missing; returned {sorted(got)}", sections, name)
@@ -284,8 +328,11 @@ def repro_command(component: str, impl: str, dtype: str, device: str, example: M
 
 def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager", *,
              max_examples: int = 100, seed: int = 0, example: Mapping[str, Any] | None = None,
-             shrink: bool = True) -> CellResult:
-    """Run one cell to a verdict. Never raises for anything the implementation does."""
+             shrink: bool = True, ledger: list[Deviation] | None = None) -> CellResult:
+    """Run one cell to a verdict. Never raises for anything the implementation does.
+
+    `ledger`: the known deviations to apply; the repository's spec/deviations.toml when None.
+    """
     start = time.perf_counter()
     result = CellResult(spec.component, impl.label,
                         impl.framework, None, device, dtype, mode)
@@ -298,7 +345,8 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
         if verdict is not None:
             result.verdict, result.reason = verdict, reason
             return result
-        runner = Runner(spec, impl, dtype, device, mode)
+        runner = Runner(spec, impl, dtype, device, mode, deviations.load() if ledger is None else ledger)
+        result.outputs_compared = list(runner.outputs)
         result.k = tolerances.K[dtype]
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)
     except Exception as e:  # the harness could not run this cell (e.g. the framework failed to import)
@@ -362,14 +410,43 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device, ex,
                                      result.mode)
 
+    deviated: list[KnownDeviation] = []
+    skipped: list[str] = []
+
+    def attempt(run: Callable[[], Outcome], ex: Mapping[str, Any] | None) -> Outcome | str:
+        """One example: its outcome, or "skipped" (config unsupported) or "deviated" (as the ledger records)."""
+        try:
+            outcome = run()
+        except ConfigUnsupported as e:
+            result.skipped += 1
+            skipped.append(str(e))
+            return "skipped"
+        except KnownDeviation as e:
+            result.known_deviations += 1
+            deviated.append(e)
+            return "deviated"
+        record(ex, outcome)
+        return outcome
+
+    def finish() -> None:
+        percentiles()
+        if deviated:
+            entry = deviated[0].entry
+            result.verdict, result.deviation = "known-deviation", entry.id
+            result.reason = (f"ledger entry {entry.id!r} ({result.known_deviations} examples where "
+                             f"{entry.condition}): {entry.explanation} First seen here: {deviated[0].reason}")
+            result.sections = [f"{spec.component} §{s}" for s in entry.sections]
+        elif result.examples == 0 and skipped:
+            result.verdict, result.reason = "unsupported", f"every example was skipped: {skipped[0]}"
+        else:
+            result.verdict = "conformant"
+
     if example is not None:  # replay exactly one example
         try:
-            record(example, runner.run(example))
+            attempt(lambda: runner.run(example), example)
         except NonConformance as e:
             return fail(dict(example), e, "example")
-        result.verdict = "conformant"
-        percentiles()
-        return
+        return finish()
 
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
     strata = generate.strata(spec)
@@ -388,15 +465,19 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         @given(generate.examples(spec, fixed, groups=groups))
         def check(ex: dict[str, Any]) -> None:
             try:
-                outcome = runner.run(ex)
+                outcome = attempt(lambda: runner.run(ex), ex)
             except NonConformance as e:
                 failure.append((dict(ex), e))  # the last one recorded is the shrunk minimum
                 raise
-            record(ex, outcome)
-            target(outcome.ratio, label="error/budget")
+            if isinstance(outcome, Outcome):
+                target(outcome.ratio, label="error/budget")
+            elif outcome == "skipped":
+                reject()  # not counted towards max_examples: hypothesis draws another in its place
 
         try:
             check()
+        except Unsatisfiable:  # every example of this stratum had a config the implementation cannot express
+            pass
         except NonConformance:
             ex, e = failure[-1]
             return fail(ex, e, "example")
@@ -408,12 +489,11 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     # compilation apiece, and they are left to the eager cells.
     for worked in spec.examples if runner.mode == "eager" else ():
         try:
-            record(None, runner.run_worked(worked))
+            attempt(lambda: runner.run_worked(worked), None)
         except NonConformance as e:
-            e.sections = tuple(worked.sections)
+            e.sections = e.sections if isinstance(e, StaleEntry) else tuple(worked.sections)
             return fail(None, e, f"worked example {worked.name!r}")
-    result.verdict = "conformant"
-    percentiles()
+    finish()
 
 
 def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] | None = None,

@@ -24,7 +24,7 @@ from conformance.results import SCHEMA, now
 Key = tuple[str, str, str | None, str, str, str]
 #: Which cell of a slot speaks for it: failures first, then the largest error; a cell that
 #: could not run only when no environment ran the slot (unsupported says more than not-available).
-_RANK = {"error": 0, "non-conformant": 1, "conformant": 2, "unsupported": 3, "not-available": 4}
+_RANK = {"error": 0, "non-conformant": 1, "known-deviation": 2, "conformant": 3, "unsupported": 4, "not-available": 5}
 
 
 def cell_key(cell: dict[str, Any]) -> Key:

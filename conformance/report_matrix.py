@@ -19,7 +19,7 @@ from impls import DEVICES, DTYPES, MODES
 
 _FRAMEWORK_ORDER = {"numpy": 0, "torch": 1, "keras": 2}
 #: What a matrix cell shows when its verdict is not conformant (a conformant one shows its err/budget).
-SHORT = {"non-conformant": "\u2717", "error": "err", "unsupported": "\u2013", "not-available": "n/a"}
+SHORT = {"known-deviation": "kd", "non-conformant": "\u2717", "error": "err", "unsupported": "\u2013", "not-available": "n/a"}
 _DID_NOT_RUN = ("unsupported", "not-available")
 
 #: (implementation, backend), device, mode, dtype: a column.

@@ -14,6 +14,11 @@ and optionally:
     devices() -> list[str]         # the devices present on this machine; defaults to ["cpu"]
     backend() -> str | None        # e.g. the Keras backend; defaults to None
     environment() -> dict          # versions and precision flags to record; defaults to {}
+    outputs: tuple[str, ...]       # the spec outputs it returns; defaults to all of them. A framework
+                                   # layer that cannot produce one (e.g. attention weights) lists the
+                                   # rest, and only those are compared (results record which)
+    supports(config) -> str | None # None if it can express this layer config, else the reason it
+                                   # cannot; such examples are skipped and counted, not failed
 
 An implementation that lists "compiled" in `modes` is built with
 `build(config, dtype=..., device=..., mode="compiled")` for those cells and
@@ -33,7 +38,8 @@ Instance is built once per distinct config and loaded with many weight sets.
 
 Every component with a spec in spec/ has built-in implementations in
 impls/<framework>/<component>.py (class Implementation), imported only when
-used, so a missing framework shows as unavailable.
+used, so a missing framework shows as unavailable. The frameworks' own layers
+are registered too, as adapters listed in FRAMEWORK_LAYERS.
 """
 
 from __future__ import annotations
@@ -154,17 +160,45 @@ class Registered:
         environment = getattr(self.load(), "environment", None)
         return dict(environment()) if callable(environment) else {}
 
+    def outputs(self, spec_outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The spec outputs this implementation returns; all of them unless it says otherwise."""
+        declared = getattr(self.load(), "outputs", None)
+        if declared is None:
+            return tuple(spec_outputs)
+        unknown = [o for o in declared if o not in spec_outputs]
+        if unknown or not declared:
+            raise UsageError(f"{self.label} declares outputs {tuple(declared)}; they must be a non-empty "
+                             f"subset of the spec's: {', '.join(spec_outputs)}")
+        return tuple(declared)
+
+    def unsupported_config(self, config: Mapping[str, Any]) -> str | None:
+        """Why this implementation cannot express `config`, or None when it can (or does not say)."""
+        supports = getattr(self.load(), "supports", None)
+        return supports(config) if callable(supports) else None
+
 
 #: Frameworks with a built-in implementation of every component: impls/<framework>/<component>.py,
 #: class Implementation.
 BUILTIN_FRAMEWORKS = ("numpy", "torch", "keras")
 
 
+#: The frameworks' own layers, configured from the canonical weights: (component, name, framework, target).
+FRAMEWORK_LAYERS = (
+    ("mha", "torch.nn.MultiheadAttention", "torch", "impls.torch.builtin_mha:MultiheadAttentionWeights"),
+    ("mha", "torch.nn.MultiheadAttention[need_weights=False]", "torch",
+     "impls.torch.builtin_mha:MultiheadAttentionNoWeights"),
+    ("mha", "torch.sdpa", "torch", "impls.torch.builtin_mha:SDPA"),
+)
+
+
 def _builtins() -> list[Registered]:
     from conformance.spec import list_components
 
-    return [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
-            for c in list_components() for fw in BUILTIN_FRAMEWORKS]
+    components = list_components()
+    ours = [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
+            for c in components for fw in BUILTIN_FRAMEWORKS]
+    return ours + [Registered(c, name, fw, target, "builtin")
+                   for c, name, fw, target in FRAMEWORK_LAYERS if c in components]
 
 
 def builtin(component: str, name: str) -> Registered:

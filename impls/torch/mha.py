@@ -26,15 +26,21 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(num_heads * d_head, d_model)
         self.dropout = nn.Dropout(dropout)  # on the attention weights (§8)
 
+    def heads(self, query, key, value):
+        """§6.1, §6.2: project, then (B, L, H*d_head) -> (B, H, L, d_head)."""
+        B, Lq, _ = query.shape
+        Lk = key.shape[1]
+        H, d_head = self.num_heads, self.d_head
+        q = self.q_proj(query).view(B, Lq, H, d_head).transpose(1, 2)
+        k = self.k_proj(key).view(B, Lk, H, d_head).transpose(1, 2)
+        v = self.v_proj(value).view(B, Lk, H, d_head).transpose(1, 2)
+        return q, k, v
+
     def forward(self, query, key, value, attention_mask=None):
         B, Lq, _ = query.shape
         Lk = key.shape[1]
         H, d_head = self.num_heads, self.d_head
-
-        # §6.1, §6.2: (B, L, H*d_head) -> (B, H, L, d_head)
-        q = self.q_proj(query).view(B, Lq, H, d_head).transpose(1, 2)
-        k = self.k_proj(key).view(B, Lk, H, d_head).transpose(1, 2)
-        v = self.v_proj(value).view(B, Lk, H, d_head).transpose(1, 2)
+        q, k, v = self.heads(query, key, value)
 
         scores = q @ k.transpose(-2, -1) / math.sqrt(d_head)  # (B, H, Lq, Lk), §6.3
         if attention_mask is None:

@@ -1,0 +1,114 @@
+"""The known-deviation ledger: where a framework is known to disagree with a spec, and why.
+
+spec/deviations.toml lists entries, each an `[[deviation]]` table:
+
+    id             = "torch-mha-fully-masked-row"   # how results and messages name it
+    implementation = "torch.nn.MultiheadAttention"  # a registered name (as results label it)
+    component      = "mha"
+    condition      = "fully_masked_query_row"       # one of CONDITIONS: which examples it covers
+    sections       = ["7.4"]                        # the spec sections it departs from
+    explanation    = "..."                          # one sentence
+    reference      = "https://..."                  # optional: the upstream issue
+    seen_on        = {torch = "2.13.0"}             # optional: versions it was observed with
+
+An entry narrows, it never skips: on an example that meets its condition the
+engine still runs the candidate and requires it to disagree with the spec
+(then the example counts as a known deviation); if the candidate now agrees,
+the entry is stale and the cell is non-conformant, so a fixed upstream bug is
+noticed. Examples outside the condition are checked in full.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from impls import UsageError
+
+LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
+
+
+def fully_masked_query_row(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """Some query row has every key masked (mha §7.4)."""
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        return False
+    full = np.broadcast_to(mask, (example["B"], example["Lq"], example["Lk"]))  # (B, Lq, Lk), §7.2
+    return bool((~full).all(axis=-1).any())
+
+
+#: Conditions an entry may name: a predicate over the example and its input arrays.
+CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
+    "fully_masked_query_row": fully_masked_query_row,
+}
+
+REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")
+OPTIONAL = ("reference", "seen_on")
+
+
+class LedgerError(UsageError):
+    """A malformed ledger entry; the message names the entry and the valid fields."""
+
+
+@dataclass(frozen=True)
+class Deviation:
+    id: str
+    implementation: str
+    component: str
+    condition: str
+    sections: tuple[str, ...]
+    explanation: str
+    reference: str | None = None
+    seen_on: Mapping[str, str] = field(default_factory=dict)
+
+    def matches(self, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+        return CONDITIONS[self.condition](example, inputs)
+
+
+def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Deviation]:
+    """Ledger entries (the `deviation` tables) checked and turned into Deviations."""
+    parsed, seen = [], set()
+    valid = f"required: {', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}"
+    for n, entry in enumerate(entries):
+        name = f"{source} entry {entry.get('id', f'#{n + 1}')!r}"
+        unknown = sorted(set(entry) - set(REQUIRED) - set(OPTIONAL))
+        missing = [k for k in REQUIRED if k not in entry]
+        if unknown or missing:
+            problems = ([f"unknown fields {', '.join(unknown)}"] if unknown else []) + (
+                [f"missing fields {', '.join(missing)}"] if missing else [])
+            raise LedgerError(f"{name}: {'; '.join(problems)}; {valid}")
+        if entry["condition"] not in CONDITIONS:
+            raise LedgerError(f"{name}: unknown condition {entry['condition']!r}; valid: {', '.join(CONDITIONS)}")
+        text = [k for k in ("id", "implementation", "component", "explanation") if not isinstance(entry[k], str)]
+        sections = entry["sections"]
+        if text or not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
+            raise LedgerError(f"{name}: {', '.join(text) or 'sections'} has the wrong type; id, implementation, "
+                              f"component and explanation are strings, sections a list of strings like \"7.4\"")
+        if entry["id"] in seen:
+            raise LedgerError(f"{name}: the id is used twice; ids must be unique")
+        seen.add(entry["id"])
+        parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
+                                tuple(sections), entry["explanation"], entry.get("reference"),
+                                dict(entry.get("seen_on", {}))))
+    return parsed
+
+
+def load(path: Path | str = LEDGER) -> list[Deviation]:
+    """Every entry of a ledger file; no file means no entries."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open("rb") as f:
+        document = tomllib.load(f)
+    unknown = sorted(set(document) - {"deviation"})
+    if unknown:
+        raise LedgerError(f"{path}: unknown top-level keys {', '.join(unknown)}; entries are [[deviation]] tables")
+    return parse(document.get("deviation", []), source=str(path))
+
+
+def entries_for(ledger: list[Deviation], component: str, implementation: str) -> list[Deviation]:
+    return [d for d in ledger if d.component == component and d.implementation == implementation]
