@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from conformance import deviations
 from conformance.compare import DEFAULT_FACTOR, DEFAULT_FLOOR, compare, format_comparison
 from conformance.engine import CellResult, cells_of, run_cell, run_matrix
 from conformance.merge import merge_documents
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"examples per cell: {', '.join(f'{k}={v}' for k, v in PROFILES.items())} "
                              f"(default: $CONFORMANCE_PROFILE or {DEFAULT_PROFILE})")
         sp.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0: runs repeat exactly)")
+        sp.add_argument("--ledger", default=str(deviations.LEDGER),
+                        help="known-deviation ledger (default: the repository's spec/deviations.toml)")
 
     def axis_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dtype", action="append", help=f"repeatable: {', '.join(DTYPES)} (default: all)")
@@ -189,8 +192,18 @@ def _printer(width: int) -> Callable[[CellResult], None]:
     return lambda cell: print(format_cell(cell, width), flush=True)
 
 
+def _ledger(path: str) -> list:
+    """The known-deviation ledger, read and checked once, before anything runs (a bad entry is a usage error)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"no ledger file {path!r} (--ledger)")
+    ledger = deviations.load(path)
+    deviations.check_names(ledger, registry())
+    return ledger
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     _check_axes(args)
+    ledger = _ledger(args.ledger)
     spec = _specs([args.component])[0]
     impl = resolve(args.component, args.impl)
     example = None
@@ -208,9 +221,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(header(width))
     if example is None:
         cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, modes=args.mode,
-                           max_examples=n, seed=args.seed, on_result=show)
+                           max_examples=n, seed=args.seed, on_result=show, ledger=ledger)
     else:
-        cells = [run_cell(spec, impl, d, dev, m, example=example)
+        cells = [run_cell(spec, impl, d, dev, m, example=example, ledger=ledger)
                  for d, dev, m in cells_of(args.dtype, args.device, args.mode)]
         for c in cells:
             show(c)
@@ -222,6 +235,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _check_axes(args)
+    ledger = _ledger(args.ledger)
     specs = _specs(args.component)
     impls: list[Registered] = [r for r in registry() if r.component in {s.component for s in specs}]
     if args.framework:
@@ -234,7 +248,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     width = _column(impls)
     print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{header(width)}")
     cells = run_matrix(specs, impls, dtypes=args.dtype, devices=args.device, modes=args.mode, max_examples=n,
-                       seed=args.seed, on_result=_printer(width))
+                       seed=args.seed, on_result=_printer(width), ledger=ledger)
     path = write_results(args.output, cells)
     print(f"\n{summary_line(cells)}\nresults: {path}")
     return _exit_code(cells)

@@ -10,6 +10,10 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     explanation    = "..."                          # one sentence
     reference      = "https://..."                  # optional: the upstream issue
     seen_on        = {torch = "2.13.0"}             # optional: versions it was observed with
+    dtypes         = ["float64"]                    # optional: only these cells (default: every one);
+    backends       = ["torch"]                      #   likewise for the Keras backend, the device
+    devices        = ["cpu"]                        #   and the execution mode
+    modes          = ["eager"]
 
 An entry narrows, it never skips: on an example that meets its condition the
 engine still runs the candidate and requires it to disagree with the spec
@@ -27,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from impls import UsageError
+from impls import DEVICES, DTYPES, MODES, UsageError
 
 LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
 
@@ -41,13 +45,21 @@ def fully_masked_query_row(example: Mapping[str, Any], inputs: Mapping[str, Any]
     return bool((~full).all(axis=-1).any())
 
 
+def always(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """Every example of the cells the entry names (for a deviation that is a matter of dtype or backend)."""
+    return True
+
+
 #: Conditions an entry may name: a predicate over the example and its input arrays.
 CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
+    "always": always,
     "fully_masked_query_row": fully_masked_query_row,
 }
 
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")
-OPTIONAL = ("reference", "seen_on")
+#: Optional fields that narrow an entry to some cells, and the values each may list.
+SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices": DEVICES, "modes": MODES}
+OPTIONAL = ("reference", "seen_on", *SCOPES)
 
 
 class LedgerError(UsageError):
@@ -64,6 +76,12 @@ class Deviation:
     explanation: str
     reference: str | None = None
     seen_on: Mapping[str, str] = field(default_factory=dict)
+    scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # SCOPES field -> the values listed
+
+    def applies(self, *, dtype: str, backend: str | None, device: str, mode: str) -> bool:
+        """Whether the entry covers this cell; a field it does not give covers every value."""
+        cell = {"dtypes": dtype, "backends": backend, "devices": device, "modes": mode}
+        return all(cell[k] in values for k, values in self.scope.items())
 
     def matches(self, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
         return CONDITIONS[self.condition](example, inputs)
@@ -88,12 +106,22 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
         if text or not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
             raise LedgerError(f"{name}: {', '.join(text) or 'sections'} has the wrong type; id, implementation, "
                               f"component and explanation are strings, sections a list of strings like \"7.4\"")
+        scope = {}
+        for key, valid_values in SCOPES.items():
+            if key in entry:
+                values = entry[key]
+                bad = ([values] if not isinstance(values, list) else
+                       [v for v in values if v not in valid_values]) or ([] if values else ["(empty list)"])
+                if bad:
+                    raise LedgerError(f"{name}: {key} has {', '.join(map(str, bad))}; it is a non-empty list of: "
+                                      f"{', '.join(valid_values)}")
+                scope[key] = tuple(values)
         if entry["id"] in seen:
             raise LedgerError(f"{name}: the id is used twice; ids must be unique")
         seen.add(entry["id"])
         parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
                                 tuple(sections), entry["explanation"], entry.get("reference"),
-                                dict(entry.get("seen_on", {}))))
+                                dict(entry.get("seen_on", {})), scope))
     return parsed
 
 
@@ -103,12 +131,30 @@ def load(path: Path | str = LEDGER) -> list[Deviation]:
     if not path.is_file():
         return []
     with path.open("rb") as f:
-        document = tomllib.load(f)
+        try:
+            document = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise LedgerError(f"{path} is not valid TOML: {e}") from None
     unknown = sorted(set(document) - {"deviation"})
     if unknown:
         raise LedgerError(f"{path}: unknown top-level keys {', '.join(unknown)}; entries are [[deviation]] tables")
     return parse(document.get("deviation", []), source=str(path))
 
 
-def entries_for(ledger: list[Deviation], component: str, implementation: str) -> list[Deviation]:
-    return [d for d in ledger if d.component == component and d.implementation == implementation]
+def entries_for(ledger: list[Deviation], component: str, implementation: str, *, dtype: str,
+                backend: str | None, device: str, mode: str) -> list[Deviation]:
+    """The entries that cover one cell."""
+    return [d for d in ledger if d.component == component and d.implementation == implementation
+            and d.applies(dtype=dtype, backend=backend, device=device, mode=mode)]
+
+
+def check_names(ledger: list[Deviation], registered: list[Any]) -> None:
+    """Every entry names a registered implementation of its component (a typo would cover nothing)."""
+    for d in ledger:
+        names = sorted(r.label for r in registered if r.component == d.component)
+        if not names:
+            known = sorted({r.component for r in registered})
+            raise LedgerError(f"ledger entry {d.id!r}: unknown component {d.component!r}; known: {', '.join(known)}")
+        if d.implementation not in names:
+            raise LedgerError(f"ledger entry {d.id!r}: {d.component} has no implementation {d.implementation!r}; "
+                              f"registered: {', '.join(names)}")

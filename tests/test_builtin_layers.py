@@ -118,6 +118,31 @@ def test_stale_entry_is_reported(mha_spec):
     assert cell.sections == ["mha §7.4"]
 
 
+def test_scope_fields_narrow_an_entry_to_some_cells():
+    entry, = deviations.parse([{**GOOD, "condition": "always", "dtypes": ["float64"], "backends": ["torch", "jax"]}])
+    cell = {"dtype": "float64", "backend": "torch", "device": "cpu", "mode": "eager"}
+    assert entry.applies(**cell)
+    assert not entry.applies(**{**cell, "dtype": "float32"})
+    assert not entry.applies(**{**cell, "backend": "tensorflow"})
+    assert not entry.applies(**{**cell, "backend": None})  # a backend-scoped entry never covers plain torch
+    assert entry.applies(**{**cell, "device": "cuda", "mode": "compiled"})  # fields it does not give: every value
+    assert deviations.entries_for([entry], "mha", "torch", **{**cell, "dtype": "float32"}) == []
+
+
+def test_entry_is_stale_only_when_no_covered_example_deviates(mha_spec):
+    """A dtype-wide entry against our own conformant implementation: stale. The same entry against a layer
+    that deviates on some covered examples and not on others: a known deviation, the rest checked."""
+    always = Deviation("our-numpy-always", "numpy", "mha", "always", ("9",), "pretends every example is off")
+    cell = run_cell(mha_spec, resolve("mha", "numpy"), "float64", "cpu", max_examples=4, ledger=[always],
+                    shrink=False)
+    assert cell.verdict == "non-conformant" and "'our-numpy-always' is stale" in cell.reason
+    assert cell.counterexample is not None
+    masked = Deviation("mha-nan", "torch.nn.MultiheadAttention", "mha", "always", ("7.4",), "NaN rows")
+    cell = run_cell(mha_spec, resolve("mha", "torch.nn.MultiheadAttention"), "float64", "cpu", max_examples=16,
+                    ledger=[masked])
+    assert cell.verdict == "known-deviation" and cell.examples > 0 and cell.known_deviations > 0
+
+
 def test_condition_fully_masked_query_row():
     example = {"B": 1, "Lq": 2, "Lk": 2}
     assert not deviations.fully_masked_query_row(example, {"attention_mask": None})
@@ -131,10 +156,15 @@ GOOD = {"id": "x", "implementation": "torch", "component": "mha", "condition": "
 
 @pytest.mark.parametrize("change, message", [
     ({"sectoins": ["7.4"]}, "entry 'x': unknown fields sectoins; required: id, implementation, component, "
-                            "condition, sections, explanation; optional: reference, seen_on"),
+                            "condition, sections, explanation; optional: reference, seen_on, dtypes, backends, "
+                            "devices, modes"),
     ({"explanation": None}, "entry 'x': missing fields explanation; required: id"),
-    ({"condition": "nan_rows"}, "entry 'x': unknown condition 'nan_rows'; valid: fully_masked_query_row"),
+    ({"condition": "nan_rows"}, "entry 'x': unknown condition 'nan_rows'; valid: always, fully_masked_query_row"),
     ({"sections": "7.4"}, "entry 'x': sections has the wrong type"),
+    ({"dtypes": ["float65"]}, "entry 'x': dtypes has float65; it is a non-empty list of: float64, float32, "
+                              "float16, bfloat16"),
+    ({"backends": "jax"}, "entry 'x': backends has jax; it is a non-empty list of: tensorflow, torch, jax"),
+    ({"modes": []}, "entry 'x': modes has (empty list); it is a non-empty list of: eager, compiled"),
 ])
 def test_bad_entry_names_itself_and_the_valid_fields(change, message):
     entry = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
@@ -144,8 +174,8 @@ def test_bad_entry_names_itself_and_the_valid_fields(change, message):
 
 
 def test_ledger_file_parses_and_rejects_unknown_tables(tmp_path):
-    assert [d.id for d in deviations.load()] == [MHA_ENTRY]
-    assert deviations.load()[0].seen_on == {"torch": "2.13.0"}
+    entry = {d.id: d for d in deviations.load()}[MHA_ENTRY]
+    assert entry.seen_on == {"torch": "2.13.0"} and entry.scope == {}
     bad = tmp_path / "deviations.toml"
     bad.write_text('[[deviations]]\nid = "x"\n')
     with pytest.raises(LedgerError, match=r"unknown top-level keys deviations; entries are \[\[deviation\]\] tables"):
@@ -157,3 +187,26 @@ def test_declared_outputs_must_be_spec_outputs(mha_spec):
     impl = resolve("mha", "torch.sdpa")
     assert impl.outputs(tuple(mha_spec.outputs)) == ("output",)
     assert resolve("mha", "numpy").outputs(tuple(mha_spec.outputs)) == tuple(mha_spec.outputs)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[deviation]\n", "is not valid TOML"),
+    ('[[deviation]]\nid = "x"\nimplementation = "torch.nn.MultiHeadAttention"\ncomponent = "mha"\n'
+     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\n',
+     "ledger entry 'x': mha has no implementation 'torch.nn.MultiHeadAttention'; registered: "),
+    ('[[deviation]]\nid = "x"\nimplementation = "torch"\ncomponent = "attention"\n'
+     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\n',
+     "ledger entry 'x': unknown component 'attention'; known: "),
+    (None, "no ledger file"),
+])
+def test_a_bad_ledger_stops_the_run_before_it_starts(tmp_path, capsys, text, message):
+    from conformance.cli import main
+
+    path = tmp_path / "ledger.toml"
+    if text is not None:
+        path.write_text(text)
+    out = tmp_path / "results.json"
+    assert main(["run", "--component", "ffn", "--framework", "numpy", "--ledger", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
