@@ -109,6 +109,16 @@ def _parser() -> argparse.ArgumentParser:
                                        "(default: a relative link to this checkout's spec/)")
     threshold_args(rp)
     rp.set_defaults(func=cmd_report)
+
+    df = sub.add_parser("differences", help="what differs between frameworks, as Markdown, from the ledger and "
+                                            "results")
+    df.add_argument("files", nargs="+", metavar="RESULTS",
+                    help="results files (runs' or merged); a folder means its results-*.json files")
+    df.add_argument("--ledger", default=str(deviations.LEDGER),
+                    help="known-deviation ledger (default: the repository's spec/deviations.toml)")
+    df.add_argument("--readme", metavar="FILE",
+                    help="put the table into FILE between its marker lines instead of printing it")
+    df.set_defaults(func=cmd_differences)
     return p
 
 
@@ -303,4 +313,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {written.html} ({written.npz} .npz file(s) beside it)")
     for note in written.notes:
         print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def cmd_differences(args: argparse.Namespace) -> int:
+    from conformance import differences
+    from conformance.atomic import atomic_write
+
+    ledger = _ledger(args.ledger)
+    documents = [load_results(path) for path in _results_files(args.files)]
+    table = differences.from_documents(ledger, documents)
+    if not args.readme:
+        print(table, end="")
+        return 0
+    try:
+        with open(args.readme, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read --readme {args.readme!r}: {e.strerror}") from None
+    updated = differences.replace_block(text, table, args.readme)
+    if updated != text:
+        atomic_write(args.readme, lambda f: f.write(updated))
+    print(f"{args.readme}: {'updated' if updated != text else 'already up to date'}")
     return 0

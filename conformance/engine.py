@@ -111,6 +111,7 @@ class CellResult:
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
     outputs_compared: list[str] = field(default_factory=list)  # all the spec's, or those the implementation returns
     skipped: int = 0  # examples whose layer config the implementation cannot express (its `supports`)
+    skip_reason: str | None = None  # the implementation's reason, for the first of them
     known_deviations: int = 0  # examples a ledger entry covers, on which it deviated as recorded
     deviation: str | None = None  # the ledger entry's id, when known_deviations > 0
     repro: str | None = None
@@ -405,6 +406,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
             result.budget = dict(outcome.budgets)
 
     def percentiles() -> None:
+        result.skip_reason = skipped[0] if skipped else None
         result.samples = samples.to_json()
         if ratios:
             result.p99_ratio = float(np.percentile(ratios, 99))
@@ -432,6 +434,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         except KnownDeviation as e:
             result.known_deviations += 1
             deviated.append(e)
+            if result.counterexample is None and ex is not None:  # the first one the search found, to replay
+                result.counterexample = dict(ex)
             return "deviated"
         record(ex, outcome)
         return outcome
@@ -450,6 +454,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
             result.reason = (f"ledger entry {entry.id!r} ({result.known_deviations} examples where "
                              f"{entry.condition}): {entry.explanation} First seen here: {deviated[0].reason}")
             result.sections = [f"{spec.component} §{s}" for s in entry.sections]
+            result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device,
+                                         result.counterexample, result.mode)
         elif result.examples == 0 and skipped:
             result.verdict, result.reason = "unsupported", f"every example was skipped: {skipped[0]}"
         else:

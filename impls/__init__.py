@@ -18,7 +18,9 @@ and optionally:
                                    # layer that cannot produce one (e.g. attention weights) lists the
                                    # rest, and only those are compared (results record which)
     supports(config) -> str | None # None if it can express this layer config, else the reason it
-                                   # cannot; such examples are skipped and counted, not failed
+                                   # cannot; such examples are skipped and counted, not failed. Make
+                                   # the reason a fixed phrase per limit (results group by it), e.g.
+                                   # "num_heads * d_head != d_model"
 
 An implementation that lists "compiled" in `modes` is built with
 `build(config, dtype=..., device=..., mode="compiled")` for those cells and

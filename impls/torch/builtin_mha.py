@@ -119,8 +119,7 @@ class MultiheadAttentionWeights(_Builtin):
 
     def supports(self, config: Mapping[str, Any]) -> str | None:
         if config["num_heads"] * config["d_head"] != config["d_model"]:
-            return (f"torch.nn.MultiheadAttention needs num_heads * d_head == d_model, got "
-                    f"{config['num_heads']} * {config['d_head']} != {config['d_model']}")
+            return "num_heads * d_head != d_model (it splits d_model evenly across the heads)"
         return None
 
     def module(self, config: Mapping[str, Any]) -> MultiheadAttentionAdapter:
