@@ -190,6 +190,9 @@ FRAMEWORK_LAYERS = (
     ("mha", "torch.nn.MultiheadAttention[need_weights=False]", "torch",
      "impls.torch.builtin_mha:MultiheadAttentionNoWeights"),
     ("mha", "torch.sdpa", "torch", "impls.torch.builtin_mha:SDPA"),
+    ("lstm_classifier", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Classifier"),
+    ("lstm_seq2seq", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Seq2Seq"),
+    ("lstm_seq2seq", "torch.nn.LSTMCell", "torch", "impls.torch.builtin_lstm:Seq2SeqCell"),
 )
 
 

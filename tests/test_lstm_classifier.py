@@ -17,7 +17,7 @@ import pytest
 from conformance import generate
 from conformance.engine import NonConformance, Runner, run_cell
 from conformance.spec import load_spec
-from impls import DTYPES, resolve
+from impls import DTYPES, builtin, resolve
 
 from checks import keras_round_trip, rejected
 
@@ -43,24 +43,14 @@ def _arrays(spec, **config):
 
 def torch_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],
                           inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """spec/lstm_classifier.md through torch.nn.LSTM and torch.nn.Linear, converted as spec §7.1 says."""
-    import torch
+    """spec/lstm_classifier.md through torch.nn.LSTM and torch.nn.Linear, converted as spec §7.1 says.
 
-    w = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in weights.items()}
-    lstm = torch.nn.LSTM(config["d_in"], config["hidden"], num_layers=config["num_layers"], batch_first=True,
-                         dtype=torch.float64).eval()
-    linear = torch.nn.Linear(config["hidden"], config["num_classes"], dtype=torch.float64)
-    with torch.no_grad():
-        for k in range(config["num_layers"]):
-            getattr(lstm, f"weight_ih_l{k}").copy_(w[f"W_x_{k}"].T)  # (4H, in), gate blocks i, f, g, o as ours
-            getattr(lstm, f"weight_hh_l{k}").copy_(w[f"W_h_{k}"].T)  # (4H, H)
-            getattr(lstm, f"bias_ih_l{k}").copy_(w[f"b_{k}"])
-            getattr(lstm, f"bias_hh_l{k}").zero_()  # both biases are added: one of them carries b
-        linear.weight.copy_(w["W_out"].T)
-        linear.bias.copy_(w["b_out"])
-        states, (h_n, c_n) = lstm(torch.tensor(np.asarray(inputs["x"], dtype=np.float64)))  # zero initial states
-        logits = linear(states[:, -1])
-    return {"logits": logits.numpy(), "hidden_states": states.numpy(), "h_n": h_n.numpy(), "c_n": c_n.numpy()}
+    That is the adapter impls/torch/builtin_lstm.py, which the harness also checks as an implementation
+    under test; here it runs in float64 and must give the worked examples' numbers to 1e-12.
+    """
+    instance = builtin("lstm_classifier", "torch.nn.LSTM").load().build(config, dtype="float64", device="cpu")
+    instance.load({k: np.asarray(v, dtype=np.float64) for k, v in weights.items()})
+    return instance({"x": np.asarray(inputs["x"], dtype=np.float64)})
 
 
 def keras_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],

@@ -162,19 +162,20 @@ def torch_seq2seq(config, weights, inputs):
 
     Uses PyTorch's own LSTM, not our implementation, so it checks the spec's
     numbers independently: weight_ih = W_x^T, weight_hh = W_h^T, bias_ih = b,
-    bias_hh = 0 (nn.LSTM's gate order is i, f, g, o too).
+    bias_hh = 0 (nn.LSTM's gate order is i, f, g, o too), converted by the
+    adapter's `load_lstm_layer` (impls/torch/builtin_lstm.py). The attention
+    and output layer here are written apart from the adapter's, which are our
+    module's.
     """
     import torch
+    from impls.torch.builtin_lstm import load_lstm_layer
 
     w = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in weights.items()}
 
     def lstm(side):
         layer = torch.nn.LSTM(config["d_embed"], config["hidden"], batch_first=True, dtype=torch.float64)
-        with torch.no_grad():
-            layer.weight_ih_l0.copy_(w[f"W_x_{side}"].T)
-            layer.weight_hh_l0.copy_(w[f"W_h_{side}"].T)
-            layer.bias_ih_l0.copy_(w[f"b_{side}"])
-            layer.bias_hh_l0.zero_()
+        W_x, W_h, b = (np.asarray(weights[f"{n}_{side}"], dtype=np.float64) for n in ("W_x", "W_h", "b"))
+        load_lstm_layer(layer, W_x, W_h, b)
         return layer
 
     encoder, decoder = lstm("enc"), lstm("dec")

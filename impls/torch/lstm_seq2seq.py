@@ -55,11 +55,16 @@ class AttentionSeq2Seq(nn.Module):
     def decode_step(self, token, h, c, hs_enc):
         """§6.3-6.5: one decoder step from the previous (h, c)."""
         h, c = self.decoder(self.tgt_embed(token), h, c)  # (B, hidden)
+        a, logits = self.attend(h, hs_enc)
+        return h, c, a, logits
+
+    def attend(self, h, hs_enc):
+        """§6.4-6.5: attention weights and logits for one decoder hidden state h (B, hidden)."""
         scores = (hs_enc @ h.unsqueeze(-1)).squeeze(-1)  # (B, S), not scaled
         a = torch.softmax(scores, dim=-1)
         context = (a.unsqueeze(1) @ hs_enc).squeeze(1)  # (B, hidden)
         logits = self.out_proj(torch.cat([context, h], dim=-1))  # (B, tgt_vocab)
-        return h, c, a, logits
+        return a, logits
 
     def forward(self, source, target_in):
         hs_enc, state = self.encode(source)
