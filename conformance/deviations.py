@@ -45,6 +45,12 @@ def fully_masked_query_row(example: Mapping[str, Any], inputs: Mapping[str, Any]
     return bool((~full).all(axis=-1).any())
 
 
+def padded_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """Some sequence has a padded position: `padding_mask` is given and False somewhere (encoder_block §6)."""
+    mask = inputs.get("padding_mask")
+    return mask is not None and not bool(np.all(mask))
+
+
 def always(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     """Every example of the cells the entry names (for a deviation that is a matter of dtype or backend)."""
     return True
@@ -54,6 +60,7 @@ def always(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
 CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
     "always": always,
     "fully_masked_query_row": fully_masked_query_row,
+    "padded_position": padded_position,
 }
 
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")

@@ -193,6 +193,12 @@ FRAMEWORK_LAYERS = (
     ("lstm_classifier", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Classifier"),
     ("lstm_seq2seq", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Seq2Seq"),
     ("lstm_seq2seq", "torch.nn.LSTMCell", "torch", "impls.torch.builtin_lstm:Seq2SeqCell"),
+    ("encoder_block", "torch.nn.TransformerEncoderLayer", "torch",
+     "impls.torch.builtin_encoder:TransformerEncoderLayer"),
+    ("encoder_block", "torch.nn.TransformerEncoderLayer[fastpath=False]", "torch",
+     "impls.torch.builtin_encoder:TransformerEncoderLayerNoFastpath"),
+    ("encoder_block", "torch.nn.TransformerEncoder[nested]", "torch",
+     "impls.torch.builtin_encoder:NestedTransformerEncoder"),
 )
 
 

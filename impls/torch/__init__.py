@@ -140,6 +140,13 @@ class TorchImplementation:
     def load_canonical(module: Any, weights: Mapping[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    def supports(self, config: Mapping[str, Any]) -> str | None:
+        """None: every configuration of the spec can be built (a framework layer may say otherwise)."""
+        return None
+
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str, mode: str = "eager") -> ModuleInstance:
+        reason = self.supports(config)
+        if reason is not None:  # the harness asks first; this is for direct callers
+            raise ValueError(f"{self.name}: unsupported configuration: {reason}")
         return ModuleInstance(self.module(config), type(self).load_canonical, self.outputs,
                               dtype=dtype, device=device, mode=mode)

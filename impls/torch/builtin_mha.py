@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from impls.torch import ModuleInstance, TorchImplementation, to_tensor
+from impls.torch import TorchImplementation, to_tensor
 from impls.torch.mha import MultiHeadAttention, load_canonical as load_projections
 
 
@@ -100,15 +100,6 @@ class _Builtin(TorchImplementation):
     component = "mha"
     dtypes = ("float64", "float32")
     modes = ("eager",)
-
-    def build(self, config: Mapping[str, Any], *, dtype: str, device: str, mode: str = "eager") -> ModuleInstance:
-        reason = self.supports(config)
-        if reason is not None:  # the harness asks first; this is for direct callers
-            raise ValueError(f"{self.name}: unsupported configuration: {reason}")
-        return super().build(config, dtype=dtype, device=device, mode=mode)
-
-    def supports(self, config: Mapping[str, Any]) -> str | None:
-        return None
 
 
 class MultiheadAttentionWeights(_Builtin):
