@@ -56,11 +56,17 @@ def always(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     return True
 
 
+def gelu_activation(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """The layer's activation is either GELU, exact or tanh (ffn §6.2, §6.3), not relu."""
+    return example.get("activation") in ("gelu", "gelu_tanh")
+
+
 #: Conditions an entry may name: a predicate over the example and its input arrays.
 CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
     "always": always,
     "fully_masked_query_row": fully_masked_query_row,
     "padded_position": padded_position,
+    "gelu_activation": gelu_activation,
 }
 
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")

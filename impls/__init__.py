@@ -199,6 +199,10 @@ FRAMEWORK_LAYERS = (
      "impls.torch.builtin_encoder:TransformerEncoderLayerNoFastpath"),
     ("encoder_block", "torch.nn.TransformerEncoder[nested]", "torch",
      "impls.torch.builtin_encoder:NestedTransformerEncoder"),
+    ("lstm_classifier", "keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Classifier"),
+    ("lstm_seq2seq", "keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Seq2Seq"),
+    ("embedding", "keras.layers.Embedding", "keras", "impls.keras.builtin_layers:Embedding"),
+    ("ffn", "keras.layers.Dense", "keras", "impls.keras.builtin_layers:Dense"),
 )
 
 

@@ -28,6 +28,15 @@ from impls.keras import KerasImplementation
 warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
 
 
+def attention_readout(h, hs_enc, output_kernel, output_bias):
+    """§6.4-6.5 for one decoder state h (B, hidden) over hs_enc (B, S, hidden): (weights, logits)."""
+    scores = ops.einsum("bk,bsk->bs", h, hs_enc)  # (B, S), not scaled
+    a = ops.softmax(scores, axis=-1)
+    context = ops.einsum("bs,bsk->bk", a, hs_enc)  # (B, hidden)
+    features = ops.concatenate([context, h], axis=-1)  # (B, 2*hidden): context first
+    return a, ops.einsum("bk,kv->bv", features, output_kernel) + output_bias  # (B, S), (B, tgt_vocab)
+
+
 @keras.saving.register_keras_serializable(package="conformance")
 class AttentionSeq2Seq(keras.layers.Layer):
     def __init__(self, src_vocab: int, tgt_vocab: int, d_embed: int, hidden: int, N: int,
@@ -73,11 +82,7 @@ class AttentionSeq2Seq(keras.layers.Layer):
     def decode_step(self, token, h, c, hs_enc):
         """§6.3-6.5: one decoder step from the previous (h, c)."""
         h, c = self.lstm_step("decoder", ops.take(self.tgt_embeddings, token, axis=0), h, c)  # (B, hidden)
-        scores = ops.einsum("bk,bsk->bs", h, hs_enc)  # (B, S), not scaled
-        a = ops.softmax(scores, axis=-1)
-        context = ops.einsum("bs,bsk->bk", a, hs_enc)  # (B, hidden)
-        features = ops.concatenate([context, h], axis=-1)  # (B, 2*hidden): context first
-        logits = ops.einsum("bk,kv->bv", features, self.output_kernel) + self.output_bias
+        a, logits = attention_readout(h, hs_enc, self.output_kernel, self.output_bias)
         return h, c, a, logits  # logits (B, tgt_vocab)
 
     def call(self, source, target_in, training=None):
