@@ -61,12 +61,29 @@ def gelu_activation(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bo
     return example.get("activation") in ("gelu", "gelu_tanh")
 
 
+def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """The layer has one feature, d_model = 1: a layer norm's input then equals its mean, and
+    LN(v) = beta exactly (encoder_block §5.3)."""
+    return example.get("d_model") == 1
+
+
+def score_scale_inexact_in_float32(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """The score scale 1 / sqrt(d_head) of mha §6.3 is not a float32 number (d_head is not a power of 4),
+    so a framework that rounds it to float32 is off in float64."""
+    if "d_head" not in example:
+        return False
+    scale = 1.0 / np.sqrt(example["d_head"])
+    return bool(np.float32(scale) != scale)
+
+
 #: Conditions an entry may name: a predicate over the example and its input arrays.
 CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
     "always": always,
     "fully_masked_query_row": fully_masked_query_row,
     "padded_position": padded_position,
     "gelu_activation": gelu_activation,
+    "single_feature": single_feature,
+    "score_scale_inexact_in_float32": score_scale_inexact_in_float32,
 }
 
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")

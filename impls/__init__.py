@@ -203,6 +203,10 @@ FRAMEWORK_LAYERS = (
     ("lstm_seq2seq", "keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Seq2Seq"),
     ("embedding", "keras.layers.Embedding", "keras", "impls.keras.builtin_layers:Embedding"),
     ("ffn", "keras.layers.Dense", "keras", "impls.keras.builtin_layers:Dense"),
+    ("mha", "keras.layers.MultiHeadAttention", "keras", "impls.keras.builtin_mha:MultiHeadAttentionScores"),
+    ("mha", "keras.layers.MultiHeadAttention[scores=False]", "keras",
+     "impls.keras.builtin_mha:MultiHeadAttentionNoScores"),
+    ("encoder_block", "keras.layers.LayerNormalization", "keras", "impls.keras.builtin_encoder:LayerNormalization"),
 )
 
 

@@ -49,12 +49,16 @@ class EncoderBlock(keras.layers.Layer):
     def build(self, input_shape=None):
         self.attention.build()
         self.ffn.build()
+        self.build_layer_norms()
+
+    def build_layer_norms(self):
+        """The weights of LN_1 and LN_2 (§5.3); `build_layer_norms` and `layer_norm` go together."""
         for i in (1, 2):
             setattr(self, f"gamma_{i}", self.add_weight(shape=(self.d_model,), name=f"gamma_{i}", initializer="ones"))
             setattr(self, f"beta_{i}", self.add_weight(shape=(self.d_model,), name=f"beta_{i}", initializer="zeros"))
 
     def layer_norm(self, v, i):
-        """§5.3 over the last axis, biased variance."""
+        """LN_i of §5.3 over the last axis, biased variance."""
         mean = ops.sum(v, axis=-1, keepdims=True) / self.d_model  # (B, T, 1)
         var = ops.sum(ops.square(v - mean), axis=-1, keepdims=True) / self.d_model  # (B, T, 1)
         return (v - mean) / ops.sqrt(var + self.epsilon) * getattr(self, f"gamma_{i}") + getattr(self, f"beta_{i}")
