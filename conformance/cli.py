@@ -163,17 +163,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"spec directory: {find_spec_dir()}")
+    label = {id(row): row["name"] + (f"[{row['backend']}]" if row["backend"] else "") for row in rows}
+    width = max([20, *map(len, label.values())])
     for c in components:
         spec = load_spec(find_spec_dir() / f"{c}.md")
         print(f"\n{c}: {spec.title}  ({len(spec.sections)} sections, {len(spec.examples)} worked examples)")
         for row in (r for r in rows if r["component"] == c):
-            name = row["name"] + (f"[{row['backend']}]" if row["backend"] else "")
             if row["available"]:
                 status = (f"dtypes {', '.join(row['dtypes'])}; modes {', '.join(row['modes'])}; "
                           f"devices {', '.join(row['devices'])}")
             else:
                 status = f"unavailable: {row['reason']}"
-            print(f"  {name:<20} {row['framework']:<8} {status}")
+            print(f"  {label[id(row)]:<{width}} {row['framework']:<8} {status}")
     for row in (r for r in rows if r["component"] not in components):
         print(f"\n(unknown component {row['component']!r}) {row['name']} from {row['source']}")
     return 0

@@ -92,7 +92,8 @@ def format_cell(c: CellResult, width: int = 24) -> str:
     if c.sections:
         lines.append(f"    spec: {', '.join(c.sections)}")
     if c.counterexample:
-        lines.append(f"    minimal example: {json.dumps(c.counterexample)}")
+        what = "first example that deviated" if c.verdict == "known-deviation" else "minimal example"
+        lines.append(f"    {what}: {json.dumps(c.counterexample)}")
     if c.repro:
         lines.append(f"    reproduce: {c.repro}")
     return "\n".join(lines)
