@@ -205,7 +205,7 @@ def _printer(width: int) -> Callable[[CellResult], None]:
 
 def _ledger(path: str) -> list:
     """The known-deviation ledger, read and checked once, before anything runs (a bad entry is a usage error)."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path) or os.path.isdir(path):  # /dev/null is a fine empty ledger
         raise UsageError(f"no ledger file {path!r} (--ledger)")
     ledger = deviations.load(path)
     if os.environ.get("CONFORMANCE_SPEC_DIR"):  # a folder of some specs: entries for the others do not apply

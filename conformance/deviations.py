@@ -158,7 +158,7 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
 def load(path: Path | str = LEDGER) -> list[Deviation]:
     """Every entry of a ledger file; no file means no entries."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return []
     with path.open("rb") as f:
         try:

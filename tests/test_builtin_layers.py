@@ -211,3 +211,16 @@ def test_a_bad_ledger_stops_the_run_before_it_starts(tmp_path, capsys, text, mes
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_an_empty_ledger_shows_the_deviation_raw(capsys):
+    from conformance.cli import main
+
+    example = ('{"d_model":1,"num_heads":1,"d_head":1,"dropout":0.0,"B":1,"Lq":1,"Lk":1,"mask":"random",'
+               '"scale_exp":0,"seed":0}')
+    argv = ["check", "mha", "--impl", "torch.nn.MultiheadAttention", "--dtype", "float64", "--device", "cpu",
+            "--mode", "eager", "--example", example]
+    assert main(argv) == 0
+    assert "known-deviation" in capsys.readouterr().out
+    assert main([*argv, "--ledger", "/dev/null"]) == 1
+    assert "non-conformant" in capsys.readouterr().out
