@@ -257,8 +257,13 @@ class _Builder:
         lead = leading_index(np.abs((own if own is not None else ref) - ref))
         maps = [heatmap(ref[lead], "reference (NumPy, float64)")]
         for name, value in got:
-            diff = float(np.nanmax(np.abs(value[lead] - ref[lead]))) if value[lead].size else 0.0
-            maps.append(heatmap(value[lead], f"{name}, {dtype}", f"max |difference| {diff:.3g}"))
+            diff = np.abs(value[lead] - ref[lead])
+            finite = diff[~np.isnan(diff)]
+            notes = [f"max |difference| {float(finite.max()) if finite.size else 0.0:.3g}"] if finite.size or \
+                not diff.size else []
+            if finite.size < diff.size:  # e.g. the NaN rows of a known deviation
+                notes.append(f"NaN in {diff.size - finite.size} of {diff.size} entries")
+            maps.append(heatmap(value[lead], f"{name}, {dtype}", "; ".join(notes)))
         where = describe_index(lead, ("batch", "head") if ref.ndim == 4 else ("batch",))
         if own is not None and where:
             where += ", where this implementation differs most from the reference"
