@@ -15,11 +15,14 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     devices        = ["cpu"]                        #   and the execution mode
     modes          = ["eager"]
 
-An entry narrows, it never skips: on an example that meets its condition the
-engine still runs the candidate and requires it to disagree with the spec
-(then the example counts as a known deviation); if the candidate now agrees,
-the entry is stale and the cell is non-conformant, so a fixed upstream bug is
-noticed. Examples outside the condition are checked in full.
+An entry narrows, it never skips. Examples outside its condition are checked
+in full. On an example that meets it the engine still runs the candidate: if
+it disagrees with the spec the example counts as a known deviation, if it
+agrees it counts as a pass. When a cell has examples the entry covers and none
+of them deviates, the entry is stale and the cell is non-conformant, so a
+fixed upstream bug is noticed. (Per cell, not per example: a deviation such as
+"float64 computed in float32" is invisible on an example whose values float32
+holds exactly, as in some worked examples.)
 """
 
 from __future__ import annotations
