@@ -57,7 +57,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["DEVICES", "DTYPES", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
+__all__ = ["DEVICES", "DTYPES", "FrameworkLayer", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
            "load_target", "numpy_dtype", "registry", "resolve"]
 
 ENTRY_POINT_GROUP = "conformance.implementations"
@@ -184,7 +184,19 @@ class Registered:
 BUILTIN_FRAMEWORKS = ("numpy", "torch", "keras")
 
 
+class FrameworkLayer:
+    """Mixed into every adapter of a framework's own layer: they run in float64 and float32, eager.
+
+    (Their point is what the framework computes in the dtypes people train in; the compiled mode and
+    the half-precision dtypes are left to our own implementations.)
+    """
+
+    dtypes = ("float64", "float32")
+    modes = ("eager",)
+
+
 #: The frameworks' own layers, configured from the canonical weights: (component, name, framework, target).
+#: The names repeat the adapter classes' `name`, so that the registry lists them without importing a framework.
 FRAMEWORK_LAYERS = (
     ("mha", "torch.nn.MultiheadAttention", "torch", "impls.torch.builtin_mha:MultiheadAttentionWeights"),
     ("mha", "torch.nn.MultiheadAttention[need_weights=False]", "torch",

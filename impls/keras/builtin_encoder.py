@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import keras
 
+from impls import FrameworkLayer
 from impls.keras import KerasImplementation
 from impls.keras.encoder_block import EncoderBlock, load_canonical
 
@@ -53,11 +54,9 @@ class LayerNormalizationEncoderBlock(EncoderBlock):
     beta_2 = property(lambda self: self.norm_2.beta)
 
 
-class LayerNormalization(KerasImplementation):
+class LayerNormalization(FrameworkLayer, KerasImplementation):
     name = "keras.layers.LayerNormalization"
     component = "encoder_block"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
     outputs = ("y", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 

@@ -48,6 +48,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from impls import FrameworkLayer
 from impls.keras import KerasImplementation
 from impls.keras.embedding import TokenAndPositionEmbedding
 from impls.keras.ffn import FeedForward
@@ -128,14 +129,7 @@ def load_ffn(layer: DenseFeedForward, weights: Mapping[str, np.ndarray]) -> None
     layer.dense_2.bias.assign(weights["b_2"])
 
 
-class _Builtin(KerasImplementation):
-    """What the adapters share: float64 and float32, eager only."""
-
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
-
-
-class Embedding(_Builtin):
+class Embedding(FrameworkLayer, KerasImplementation):
     name = "keras.layers.Embedding"
     component = "embedding"
     outputs = ("x", "padding_mask")
@@ -146,7 +140,7 @@ class Embedding(_Builtin):
                                config["scale"], dtype=dtype)
 
 
-class Dense(_Builtin):
+class Dense(FrameworkLayer, KerasImplementation):
     name = "keras.layers.Dense"
     component = "ffn"
     outputs = ("y",)

@@ -45,6 +45,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from impls import FrameworkLayer
 from impls.keras import KerasImplementation
 from impls.keras.lstm_seq2seq import attention_readout
 
@@ -172,12 +173,10 @@ def load_seq2seq(layer: LSTMSeq2SeqLayers, weights: Mapping[str, np.ndarray]) ->
     layer.output_bias.assign(weights["b_out"])
 
 
-class _Builtin(KerasImplementation):
-    """What both adapters share: float64 and float32, eager only."""
+class _Builtin(FrameworkLayer, KerasImplementation):
+    """What both adapters share: the name."""
 
     name = "keras.layers.LSTM"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
 
 
 class Classifier(_Builtin):

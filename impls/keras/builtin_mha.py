@@ -36,6 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from impls import FrameworkLayer
 from impls.keras import KerasImplementation
 
 
@@ -99,13 +100,11 @@ def load_canonical(adapter: MultiHeadAttentionAdapter, weights: Mapping[str, np.
     layer.output_dense.bias.assign(weights["b_o"])  # (d_model,)
 
 
-class MultiHeadAttentionScores(KerasImplementation):
+class MultiHeadAttentionScores(FrameworkLayer, KerasImplementation):
     """return_attention_scores=True: both outputs."""
 
     name = "keras.layers.MultiHeadAttention"
     component = "mha"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
     outputs = ("output", "attention_weights")
     return_attention_scores = True
     load_canonical = staticmethod(load_canonical)

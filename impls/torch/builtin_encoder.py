@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from impls import FrameworkLayer
 from impls.torch import TorchImplementation, to_tensor
 
 
@@ -141,12 +142,10 @@ def load_encoder_layer(module: EncoderLayerAdapter | NestedEncoderAdapter, weigh
             parameter.copy_(w[name])
 
 
-class _Builtin(TorchImplementation):
-    """What the adapters share: float32 and float64, eager only, `y` only, d_model split across heads."""
+class _Builtin(FrameworkLayer, TorchImplementation):
+    """What the adapters share: `y` only, d_model split evenly across the heads."""
 
     component = "encoder_block"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
     outputs = ("y",)
     load_canonical = staticmethod(load_encoder_layer)
 

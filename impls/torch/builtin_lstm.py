@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from impls import FrameworkLayer
 from impls.torch import TorchImplementation, to_tensor
 from impls.torch.lstm_seq2seq import AttentionSeq2Seq
 
@@ -173,12 +174,10 @@ def load_seq2seq(module: Seq2SeqLSTM | Seq2SeqLSTMCell, weights: Mapping[str, np
 
 # --- registered implementations -------------------------------------------------------------------
 
-class _Builtin(TorchImplementation):
-    """What the adapters share: float64 and float32, eager only."""
+class _Builtin(FrameworkLayer, TorchImplementation):
+    """What the adapters share: the name (LSTMCell's changes it)."""
 
     name = "torch.nn.LSTM"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
 
 
 class Classifier(_Builtin):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from impls import FrameworkLayer
 from impls.torch import TorchImplementation, to_tensor
 from impls.torch.mha import MultiHeadAttention, load_canonical as load_projections
 
@@ -94,12 +95,10 @@ class SDPAttention(MultiHeadAttention):
         return self.out_proj(context)  # (B, Lq, d_model), §6.6
 
 
-class _Builtin(TorchImplementation):
-    """What the adapters share: float32 and float64, eager only."""
+class _Builtin(FrameworkLayer, TorchImplementation):
+    """What the adapters share: the component."""
 
     component = "mha"
-    dtypes = ("float64", "float32")
-    modes = ("eager",)
 
 
 class MultiheadAttentionWeights(_Builtin):
