@@ -67,10 +67,6 @@ class NonConformance(Exception):
         self.reason, self.sections, self.output = reason, sections, output
 
 
-class StaleEntry(NonConformance):
-    """A ledger entry covers the example, but the candidate now follows the spec on it."""
-
-
 @dataclass
 class Outcome:
     """A passing example: per output, the error in eps units and its budget."""
@@ -445,7 +441,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         stale = runner.stale_entries({d.entry.id for d in deviated})
         if stale:
             entry, ex = stale[0]
-            return fail(ex, StaleEntry(
+            return fail(ex, NonConformance(
                 f"ledger entry {entry.id!r} is stale: {runner.impl.label} followed the spec on every example "
                 f"of this cell where {entry.condition} ({entry.explanation})", entry.sections), "ledger")
         if deviated:
@@ -511,7 +507,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         try:
             attempt(lambda: runner.run_worked(worked), None)
         except NonConformance as e:
-            e.sections = e.sections if isinstance(e, StaleEntry) else tuple(worked.sections)
+            e.sections = tuple(worked.sections)
             return fail(None, e, f"worked example {worked.name!r}")
     finish()
 
