@@ -4,37 +4,53 @@
 
     def test_my_attention_follows_the_spec():
         assert_conformant("mha", MyAttention(), dtypes=["float32"])
+
+The cells run in worker processes, as with the `conformance` command: an
+implementation that hangs, crashes or exits ends its cell as `error`, and the
+calling test process goes on. An object is sent to the worker with
+cloudpickle, so a class defined inside a test function works too; what the
+implementation does to its own state there is not seen here.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from conformance.engine import CellResult, cells_of, run_cell
+from conformance.engine import CellResult, cells_of
 from conformance.results import format_cell, summary_line
 from conformance.spec import find_spec_dir, list_components, load_spec
-from impls import Registered, UsageError, _describe, resolve
+from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, entry_point_refs, resolve_ref
+from impls import UsageError, builtins, keras_backend
 
 
 def check(component: str, implementation: Any, *, dtypes: Sequence[str] | None = None,
           devices: Sequence[str] | None = None, modes: Sequence[str] | None = None, examples: int = 100,
-          seed: int = 0) -> list[CellResult]:
+          seed: int = 0, timeout: float = Limits.example, compile_timeout: float = Limits.compile,
+          cell_timeout: float | None = None) -> list[CellResult]:
     """Run every (dtype, device, mode) cell of one implementation; `implementation` is an object
     following the protocol in impls/__init__.py, a registered name, or 'module:attr'.
 
-    Cells it cannot run here come back as unsupported or not-available."""
+    Cells it cannot run here come back as unsupported or not-available; the time limits
+    are those of `conformance check` (--timeout, --compile-timeout, --cell-timeout)."""
     if component not in list_components():
         raise UsageError(f"unknown component {component!r}; known: {', '.join(list_components())}")
     spec = load_spec(find_spec_dir() / f"{component}.md")
-    if isinstance(implementation, str):
-        impl: Registered = resolve(component, implementation)
-    else:
-        cls = type(implementation)
-        # shown as module:attr, which is also what its repro line passes to --impl
-        impl = _describe(implementation, f"{cls.__module__}:{cls.__qualname__}", "plugin",
-                         default_name=cls.__name__)
-    return [run_cell(spec, impl, d, dev, m, max_examples=examples, seed=seed)
-            for d, dev, m in cells_of(list(dtypes or []), list(devices or []), list(modes or []))]
+    with Pool(limits=Limits(timeout, compile_timeout, cell_timeout)) as pool:
+        if isinstance(implementation, str):
+            builtin = {r.name for r in builtins() if r.component == component}
+            probed = [] if ":" in implementation or implementation in builtin else entry_point_refs(pool)
+            impl = resolve_ref(pool, component, implementation, probed)
+        else:
+            impl = ImplRef.of_object(implementation)
+            if impl.component != component:
+                raise UsageError(f"{impl.target!r} implements {impl.component!r}, not {component!r}")
+        env = (("KERAS_BACKEND", keras_backend()),) if impl.framework == "keras" else ()
+        tasks = [CellTask(impl, spec, d, dev, m, max_examples=examples, seed=seed, env=env)
+                 for d, dev, m in cells_of(list(dtypes or []), list(devices or []), list(modes or []))]
+        try:
+            return pool.run(tasks)
+        except Interrupted:
+            raise KeyboardInterrupt from None
 
 
 def assert_conformant(component: str, implementation: Any, **kwargs: Any) -> list[CellResult]:

@@ -7,40 +7,61 @@ Exit 0 conformant (compare: no regression), 1 not (compare: a regression), 2 usa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
 import sys
 from typing import Any, Callable, Sequence
 
-from conformance import deviations
+from conformance import deviations, journal
 from conformance.compare import DEFAULT_FACTOR, DEFAULT_FLOOR, compare, format_comparison
-from conformance.engine import CellResult, cells_of, run_cell, run_matrix
+from conformance.engine import CellResult, cells_of
+from conformance.generate import SCALE_EXPONENTS
 from conformance.merge import merge_documents
 from conformance.results import format_cell, header, summary_line, write_document, write_results
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
-from impls import DEVICES, DTYPES, MODES, Registered, UsageError, registry, resolve
+from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, entry_point_refs, resolve_ref
+from impls import DEVICES, DTYPES, MODES, Registered, UsageError, builtins, keras_backend, registry
 
 #: Examples per cell for each profile; --examples overrides.
 PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
 DEFAULT_PROFILE = "ci"
 
 
+class _UsageExit(Exception):
+    """argparse's complaint about the command line, raised instead of printing usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other usage error
+        raise _UsageExit(f"{self.prog}: {message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return args.func(args)
-    except (UsageError, SpecError) as e:
+    except _UsageExit as e:
         print(f"conformance: error: {e}", file=sys.stderr)
         return 2
+    except (UsageError, SpecError) as e:
+        print(f"conformance: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before or after the cells: nothing of a run is lost (see the journal)
+        print("conformance: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split("\n")[0].split()) if "\n" in message else message
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="conformance", description=(
+    p = _Parser(prog="conformance", description=(
         "Check implementations of neural-network components against the written specs in spec/."))
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="components, implementations and their availability")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
@@ -52,9 +73,21 @@ def _parser() -> argparse.ArgumentParser:
                         default=os.environ.get("CONFORMANCE_PROFILE", DEFAULT_PROFILE),
                         help=f"examples per cell: {', '.join(f'{k}={v}' for k, v in PROFILES.items())} "
                              f"(default: $CONFORMANCE_PROFILE or {DEFAULT_PROFILE})")
-        sp.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0: runs repeat exactly)")
+        sp.add_argument("--seed", type=int, default=0, help="hypothesis seed, 0 or more (default 0: runs repeat "
+                                                              "exactly)")
         sp.add_argument("--ledger", default=str(deviations.LEDGER),
                         help="known-deviation ledger (default: the repository's spec/deviations.toml)")
+        sp.add_argument("--timeout", type=float, default=Limits.example, metavar="SECONDS",
+                        help="an example that takes longer ends its cell as error, and its worker is replaced "
+                             "(default %(default)g)")
+        sp.add_argument("--compile-timeout", type=float, default=Limits.compile, metavar="SECONDS",
+                        help="allowed on top for importing an implementation and its framework, and for each "
+                             "first call on a new shape in the compiled mode (default %(default)g)")
+        sp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
+                        help="a whole cell that takes longer ends as error (default: an hour plus 10 s per "
+                             "example)")
+        sp.add_argument("--resume", action="store_true",
+                        help="run only the cells that the output's journal lacks, after an interrupted run")
 
     def axis_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dtype", action="append", help=f"repeatable: {', '.join(DTYPES)} (default: all)")
@@ -155,7 +188,8 @@ def _examples(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     components = list_components()
-    rows = [_describe(r) for r in registry()]
+    with contextlib.redirect_stdout(sys.stderr):  # what plug-ins print on import must not mix with the listing
+        rows = [_describe(r) for r in registry()]
     if args.json:
         json.dump({"components": components, "dtypes": list(DTYPES), "devices": list(DEVICES),
                    "modes": list(MODES), "implementations": rows},
@@ -194,7 +228,7 @@ def _describe(r: Registered) -> dict[str, Any]:
     return row
 
 
-def _column(impls: list[Registered]) -> int:
+def _column(impls: list[Registered] | list[ImplRef]) -> int:
     """Width of the implementation column: Keras names gain their backend, e.g. "[tensorflow]"."""
     return max([24, *(len(r.label) + (12 if r.framework == "keras" else 0) for r in impls)])
 
@@ -203,68 +237,223 @@ def _printer(width: int) -> Callable[[CellResult], None]:
     return lambda cell: print(format_cell(cell, width), flush=True)
 
 
-def _ledger(path: str) -> list:
-    """The known-deviation ledger, read and checked once, before anything runs (a bad entry is a usage error)."""
+def _ledger(path: str, probed: list[ImplRef] | None = None) -> list:
+    """The known-deviation ledger, read and checked once, before anything runs (a bad entry is a usage error).
+
+    Names are checked against the built-ins, and against `probed` (entry points imported in a worker)."""
     if not os.path.exists(path) or os.path.isdir(path):  # /dev/null is a fine empty ledger
         raise UsageError(f"no ledger file {path!r} (--ledger)")
     ledger = deviations.load(path)
     if os.environ.get("CONFORMANCE_SPEC_DIR"):  # a folder of some specs: entries for the others do not apply
         ledger = [d for d in ledger if d.component in list_components()]
-    deviations.check_names(ledger, registry())
+    if probed is not None:
+        deviations.check_names(ledger, [*builtins(), *probed])
     return ledger
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _ledger_names_others(ledger: list) -> bool:
+    """Whether an entry names an implementation that is not built in (an entry point's, to be imported)."""
+    known = {(r.component, r.label) for r in builtins()}
+    return any((d.component, d.implementation) not in known for d in ledger)
+
+
+def _check_run_args(args: argparse.Namespace) -> Limits:
+    """Checks shared by check and run, before anything is imported or started; the time limits."""
     _check_axes(args)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
+    for flag, value in (("--timeout", args.timeout), ("--compile-timeout", args.compile_timeout),
+                        ("--cell-timeout", args.cell_timeout)):
+        if value is not None and not (value > 0 and value != float("inf")):
+            raise UsageError(f"{flag} must be a positive number of seconds, got {value}")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output (-o): the journal of an interrupted run is kept beside it")
+    return Limits(example=args.timeout, compile=args.compile_timeout, cell=args.cell_timeout)
+
+
+def check_output(path: str, flag: str = "--output") -> None:
+    """An output file can be written: not a folder, its folder exists or can be made, and takes a file.
+
+    Checked before any work, so that a run never ends unable to write what it found."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise UsageError(f"{flag} {path!r} is a directory; give a file path, e.g. {os.path.join(path, 'results.json')}")
+    folder = os.path.dirname(target)
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path!r}: {parent!r} is a file, not a folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{flag} {path!r}: cannot make its folder {folder!r}: {e.strerror or e}") from None
+    import tempfile
+
+    try:  # a trial file of a megabyte: a read-only or full disk fails here, not after the run
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".probe") as f:
+            f.write(b"\0" * (1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise UsageError(f"{flag} {path!r} cannot be written: {e.strerror or e} in {folder!r}") from None
+
+
+def parse_example(spec: Spec, text: str) -> dict[str, Any]:
+    """--example as JSON: exactly the spec's parameters, `seed` and `scale_exp`, each in its domain."""
+    valid = [*spec.params, "scale_exp", "seed"]
+    try:
+        example = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--example is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UsageError("--example is not valid JSON: nested too deeply") from None
+    if not isinstance(example, dict):
+        raise UsageError(f"--example must be a JSON object with the keys {', '.join(valid)}; got "
+                         f"{type(example).__name__} {json.dumps(example)[:40]}")
+    missing = [k for k in valid if k not in example]
+    if missing:
+        raise UsageError(f"--example lacks {', '.join(missing)}")
+    unknown = [k for k in example if k not in valid]
+    if unknown:
+        raise UsageError(f"--example has unknown keys {', '.join(unknown)}; {spec.component} takes "
+                         f"{', '.join(valid)}")
+    domains: dict[str, Any] = {name: p.domain for name, p in spec.params.items()}
+    domains["scale_exp"], domains["seed"] = SCALE_EXPONENTS, range(0, 2**32)
+    for name, domain in domains.items():
+        value = example[name]
+        if isinstance(domain, range):
+            ok = type(value) is int and value in domain
+            shown = f"an integer in {domain.start}..{domain.stop - 1}"
+        else:
+            ok = any(type(value) is type(v) and value == v for v in domain) or (
+                type(value) in (int, float) and any(type(v) is float and value == v for v in domain))
+            shown = f"one of {', '.join(json.dumps(v) for v in domain)}"
+        if not ok:
+            raise UsageError(f"--example: {name} is {json.dumps(value)[:40]}; the spec's domain is {shown}")
+    return example
+
+
+def _tasks(specs: list[Spec], impls: list[ImplRef], args: argparse.Namespace, ledger: list,
+           example: dict[str, Any] | None = None) -> list[CellTask]:
+    n = _examples(args)
+    return [CellTask(impl, spec, dtype, device, mode, max_examples=n, seed=args.seed, example=example,
+                     ledger=tuple(ledger), env=_worker_env(impl))
+            for spec in specs for impl in impls if impl.component == spec.component
+            for dtype, device, mode in cells_of(args.dtype, args.device, args.mode)]
+
+
+def _worker_env(impl: ImplRef) -> tuple[tuple[str, str], ...]:
+    """What a worker of this implementation needs set: the Keras backend it runs on."""
+    return (("KERAS_BACKEND", keras_backend()),) if impl.framework == "keras" else ()
+
+
+def _identity(tasks: list[CellTask], args: argparse.Namespace) -> dict[str, Any]:
+    """What makes a run the same run again, for --resume (as JSON gives it back)."""
+    first = tasks[0] if tasks else None
+    return json.loads(json.dumps({
+        "cells": [t.label for t in tasks], "examples": first.max_examples if first else None,
+        "seed": args.seed, "example": first.example if first else None,
+        "ledger": sorted(repr(d) for d in (first.ledger or ())) if first else [],
+    }))
+
+
+def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width: int) -> tuple[list[CellResult], int | None]:
+    """Run the tasks in workers, journaled beside --output; print a line as each cell ends.
+
+    Returns the cells (those that finished, in task order) and, when interrupted, the exit code."""
+    done: dict[int, CellResult] = {}
+    book = None
+    if args.output:
+        path = journal.path_for(args.output)
+        identity = _identity(tasks, args)
+        if args.resume:
+            done = journal.read(path, identity)
+            print(f"resuming: {len(done)} of {len(tasks)} cells already done ({path})", flush=True)
+        book = journal.Journal(path, identity, done)
+    todo = [i for i in range(len(tasks)) if i not in done]
+    total = len(tasks)
+
+    def finished(j: int, cell: CellResult) -> None:
+        done[todo[j]] = cell
+        if book:
+            book.append(todo[j], cell)
+        head, _, rest = format_cell(cell, width).partition("\n")
+        print(f"{head}  [{len(done)}/{total}]" + (f"\n{rest}" if rest else ""), flush=True)
+
+    def status(running: list[str]) -> None:
+        print(f"  ... {len(done)}/{total} cells done; running: {'; '.join(running)}", file=sys.stderr, flush=True)
+
+    pool.on_status = status
+    interrupted = None
+    try:
+        pool.run([tasks[i] for i in todo], on_result=finished)
+    except Interrupted as e:
+        interrupted = e
+    cells = [done[i] for i in range(len(tasks)) if i in done]
+    if interrupted is None:
+        if args.output:
+            write_results(args.output, cells)
+        if book:
+            book.close(remove=True)
+        return cells, None
+    if book:
+        book.close()
+    missing = [tasks[i].label for i in range(len(tasks)) if i not in done]
+    reason = str(interrupted)
+    if args.output:
+        write_results(args.output, cells, incomplete={"reason": reason, "missing": missing})
+    print(f"\n{reason}: {len(cells)} of {total} cells finished"
+          + (f", written to {args.output} marked incomplete; the rest: the same command with --resume"
+             if args.output else ""), file=sys.stderr, flush=True)
+    return cells, interrupted.exit_code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    limits = _check_run_args(args)
     spec = _specs([args.component])[0]  # a malformed spec is the first error reported, before the ledger
     ledger = _ledger(args.ledger)
-    impl = resolve(args.component, args.impl)
-    example = None
-    if args.example:
-        try:
-            example = json.loads(args.example)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"--example is not valid JSON: {e}") from None
-        missing = [p for p in [*spec.params, "seed", "scale_exp"] if p not in example]
-        if missing:
-            raise UsageError(f"--example lacks {', '.join(missing)}")
-    n = _examples(args)
-    width = _column([impl])
-    show = _printer(width)
-    print(header(width))
-    if example is None:
-        cells = run_matrix([spec], [impl], dtypes=args.dtype, devices=args.device, modes=args.mode,
-                           max_examples=n, seed=args.seed, on_result=show, ledger=ledger)
-    else:
-        cells = [run_cell(spec, impl, d, dev, m, example=example, ledger=ledger)
-                 for d, dev, m in cells_of(args.dtype, args.device, args.mode)]
-        for c in cells:
-            show(c)
+    example = parse_example(spec, args.example) if args.example else None
+    _examples(args)
     if args.output:
-        write_results(args.output, cells)
+        check_output(args.output)
+    with Pool(limits=limits) as pool:
+        probed = entry_point_refs(pool) if (":" not in args.impl and args.impl not in
+                                            {r.name for r in builtins() if r.component == spec.component}) \
+            or _ledger_names_others(ledger) else []
+        impl = resolve_ref(pool, spec.component, args.impl, probed)
+        _ledger(args.ledger, probed)
+        tasks = _tasks([spec], [impl], args, ledger, example)
+        width = _column([impl])
+        print(header(width), flush=True)
+        cells, interrupted = _execute(pool, tasks, args, width)
     print(summary_line(cells))
-    return _exit_code(cells)
+    return interrupted if interrupted is not None else _exit_code(cells)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _check_axes(args)
+    limits = _check_run_args(args)
     specs = _specs(args.component)
     ledger = _ledger(args.ledger)
-    impls: list[Registered] = [r for r in registry() if r.component in {s.component for s in specs}]
-    if args.framework:
-        known = sorted({r.framework for r in registry()})
-        for f in args.framework:
-            if f not in known:
-                raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
-        impls = [r for r in impls if r.framework in args.framework]
+    known = sorted({r.framework for r in builtins()})
+    for f in args.framework or []:
+        if f not in known:
+            raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
     n = _examples(args)
-    width = _column(impls)
-    print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell\n{header(width)}")
-    cells = run_matrix(specs, impls, dtypes=args.dtype, devices=args.device, modes=args.mode, max_examples=n,
-                       seed=args.seed, on_result=_printer(width), ledger=ledger)
-    path = write_results(args.output, cells)
-    print(f"\n{summary_line(cells)}\nresults: {path}")
-    return _exit_code(cells)
+    check_output(args.output)
+    with Pool(limits=limits) as pool:
+        probed = entry_point_refs(pool)
+        _ledger(args.ledger, probed)
+        impls = [ImplRef.of(r) for r in builtins()] + probed
+        impls = [r for r in impls if r.component in {s.component for s in specs}
+                 and (not args.framework or r.framework in args.framework)]
+        tasks = _tasks(specs, impls, args, ledger)
+        width = _column(impls)
+        print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell, "
+              f"{len(tasks)} cells\n{header(width)}", flush=True)
+        cells, interrupted = _execute(pool, tasks, args, width)
+    print(f"\n{summary_line(cells)}\nresults: {args.output}")
+    return interrupted if interrupted is not None else _exit_code(cells)
 
 
 def _thresholds(args: argparse.Namespace) -> None:
@@ -275,6 +464,7 @@ def _thresholds(args: argparse.Namespace) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    check_output(args.output)
     docs = [(path, load_results(path)) for path in args.files]  # every input read before anything is written
     merged = merge_documents(docs, sys.argv)
     path = write_document(args.output, merged)
@@ -290,7 +480,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not result.compared and not result.changes:
         raise UsageError(f"{args.baseline} and {args.current} have no slot in common: nothing to compare")
     print(format_comparison(result, args.baseline, args.current))
-    return 1 if result.regressions else 0
+    return 1 if result.regressions or "current" in result.incomplete else 0
 
 
 def _results_files(paths: list[str]) -> list[str]:
@@ -311,6 +501,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from conformance.report import write_report  # jinja2 and the report's helpers, only when asked for
 
     _thresholds(args)
+    check_output(args.output)
     written = write_report(_results_files(args.files), args.output, baseline=args.baseline, spec_url=args.spec_url,
                            factor=args.factor, floor=args.floor)
     print(f"report: {written.html} ({written.npz} .npz file(s) beside it)")

@@ -42,6 +42,7 @@ class Comparison:
     compared: int = 0
     changes: list[Change] = field(default_factory=list)
     only_baseline: list[Key] = field(default_factory=list)
+    incomplete: dict[str, Any] = field(default_factory=dict)  # "baseline"/"current" -> that file's `incomplete`
     only_current: list[Key] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[Change]:
@@ -91,6 +92,8 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float 
     """Every change from `baseline` to `current` (both as `schema.load_results` returns them)."""
     before, after = slots(baseline), slots(current)
     result = Comparison(factor, floor)
+    result.incomplete = {name: doc["incomplete"] for name, doc in (("baseline", baseline), ("current", current))
+                         if doc.get("incomplete")}
     result.only_baseline = [k for k in before if k not in after]
     for key, now in after.items():
         was = before.get(key)
@@ -146,6 +149,12 @@ def format_comparison(result: Comparison, baseline: str, current: str) -> str:
         if keys:
             named = ", ".join(key_label(k) for k in keys[:_NAMED]) + (", ..." if len(keys) > _NAMED else "")
             lines.append(f"note        {len(keys)} slot(s) {where}, not compared: {named}")
+    for name, path in (("baseline", baseline), ("current", current)):
+        if name in result.incomplete:
+            what = result.incomplete[name]
+            head = "INCOMPLETE " if name == "current" else "note       "
+            lines.append(f"{head} {path} is incomplete ({what['reason']}): {len(what['missing'])} slot(s) were "
+                         f"not run" + (", so it cannot pass as a regression check" if name == "current" else ""))
     n = {k: len(result.of_kind(k)) for k in heads}
     lines.append(f"{n['regression']} regression(s), {n['improvement']} improvement(s), {n['note']} note(s)")
     return "\n".join(lines)

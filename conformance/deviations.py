@@ -124,7 +124,13 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
     """Ledger entries (the `deviation` tables) checked and turned into Deviations."""
     parsed, seen = [], set()
     valid = f"required: {', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}"
+    if not isinstance(entries, list):
+        raise LedgerError(f"{source}: 'deviation' is {type(entries).__name__}, not a list of tables; "
+                          f"write each entry as a [[deviation]] table")
     for n, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise LedgerError(f"{source}: deviation #{n + 1} is {type(entry).__name__}, not a table; "
+                              f"write each entry as a [[deviation]] table")
         name = f"{source} entry {entry.get('id', f'#{n + 1}')!r}"
         unknown = sorted(set(entry) - set(REQUIRED) - set(OPTIONAL))
         missing = [k for k in REQUIRED if k not in entry]
@@ -139,6 +145,12 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
         if text or not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
             raise LedgerError(f"{name}: {', '.join(text) or 'sections'} has the wrong type; id, implementation, "
                               f"component and explanation are strings, sections a list of strings like \"7.4\"")
+        if not isinstance(entry.get("reference", ""), str):
+            raise LedgerError(f"{name}: reference has the wrong type; it is a string, the upstream issue's URL")
+        seen_on = entry.get("seen_on", {})
+        if not isinstance(seen_on, dict) or not all(isinstance(v, str) for v in seen_on.values()):
+            raise LedgerError(f"{name}: seen_on has the wrong type; it is a table of package versions, "
+                              f"e.g. {{torch = \"2.13.0\"}}")
         scope = {}
         for key, valid_values in SCOPES.items():
             if key in entry:
@@ -163,11 +175,15 @@ def load(path: Path | str = LEDGER) -> list[Deviation]:
     path = Path(path)
     if not path.exists():
         return []
-    with path.open("rb") as f:
-        try:
+    try:
+        with path.open("rb") as f:
             document = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise LedgerError(f"{path} is not valid TOML: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise LedgerError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise LedgerError(f"{path} is not valid TOML: it is not UTF-8 text") from None
+    except OSError as e:
+        raise LedgerError(f"cannot read the ledger {path}: {e.strerror or e}") from None
     unknown = sorted(set(document) - {"deviation"})
     if unknown:
         raise LedgerError(f"{path}: unknown top-level keys {', '.join(unknown)}; entries are [[deviation]] tables")

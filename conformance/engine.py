@@ -21,7 +21,8 @@ import random
 import shlex
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -45,6 +46,18 @@ VERDICTS = ("conformant", "known-deviation", "non-conformant", "unsupported", "n
 COMPILED_SHAPES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
+
+
+class Event(str, Enum):
+    """What a cell tells its watcher as it goes (`Progress`): an example starts, with the example."""
+
+    EXAMPLE = "example"  # a drawn example: the dict of spec parameters, seed and scale_exp
+    WORKED = "worked"  # one of the spec's worked examples: {"worked_example": name}
+    COMPILE = "compile"  # the example's call is the first on a new shape in the compiled mode
+
+
+#: A cell's watcher: called with the event and the example it concerns.
+Progress = Callable[[Event, dict[str, Any]], None]
 
 
 class ConfigUnsupported(Exception):
@@ -116,6 +129,11 @@ class CellResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "CellResult":
+        """A cell as `to_json` gave it (fields this version does not know, such as a file's `env`, are left out)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
 
 class Samples:
     """A bounded, uniform sample of a cell's passing examples and their error / budget ratios.
@@ -171,8 +189,9 @@ class Runner:
     """
 
     def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager",
-                 ledger: list[Deviation] = ()):
+                 ledger: list[Deviation] = (), progress: Progress | None = None):
         self.spec, self.impl, self.dtype, self.device, self.mode = spec, impl, dtype, device, mode
+        self.progress = progress or (lambda event, example: None)
         self.outputs = impl.outputs(tuple(spec.outputs))
         self.ledger = deviations.entries_for(list(ledger), spec.component, impl.label, dtype=dtype,
                                              backend=impl.backend(), device=device, mode=mode)
@@ -200,10 +219,12 @@ class Runner:
         return built
 
     def run(self, example: Mapping[str, Any]) -> Outcome:
+        self.progress(Event.EXAMPLE, dict(example))
         weights, inputs = generate.make_arrays(self.spec, example)
         return self.compare(generate.layer_config(self.spec, example), example, weights, inputs)
 
     def run_worked(self, worked: Example) -> Outcome:
+        self.progress(Event.WORKED, {"worked_example": worked.name})
         weights, inputs = generate.worked_arrays(self.spec, worked.weights, worked.inputs)
         return self.compare(generate.layer_config(self.spec, worked.config), worked.config, weights, inputs)
 
@@ -235,6 +256,8 @@ class Runner:
         instance = self.instance(config)
         shapes = (tuple(sorted(config.items())),
                   tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
+        if self.mode != "eager" and shapes not in self.shapes_seen:
+            self.progress(Event.COMPILE, dict(example))
         try:
             instance.load({k: v.copy() for k, v in weights.items()})
             start = time.perf_counter()
@@ -333,10 +356,13 @@ def repro_command(component: str, impl: str, dtype: str, device: str, example: M
 
 def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager", *,
              max_examples: int = 100, seed: int = 0, example: Mapping[str, Any] | None = None,
-             shrink: bool = True, ledger: list[Deviation] | None = None) -> CellResult:
-    """Run one cell to a verdict. Never raises for anything the implementation does.
+             shrink: bool = True, ledger: list[Deviation] | None = None,
+             progress: Progress | None = None) -> CellResult:
+    """Run one cell to a verdict. Never raises for anything the implementation does (short of
+    ending the process: that is what the worker processes of `conformance.workers` are for).
 
     `ledger`: the known deviations to apply; the repository's spec/deviations.toml when None.
+    `progress`: called as each example starts (see `Event`), so that a watcher can time examples.
     """
     start = time.perf_counter()
     result = CellResult(spec.component, impl.label,
@@ -350,7 +376,8 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
         if verdict is not None:
             result.verdict, result.reason = verdict, reason
             return result
-        runner = Runner(spec, impl, dtype, device, mode, deviations.load() if ledger is None else ledger)
+        runner = Runner(spec, impl, dtype, device, mode, deviations.load() if ledger is None else ledger,
+                        progress)
         result.outputs_compared = list(runner.outputs)
         result.k = tolerances.K[dtype]
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)

@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from conformance.results import SCHEMA, now
+from impls import UsageError
 
 #: (component, implementation, backend, device, mode, dtype): how cells are matched across files.
 Key = tuple[str, str, str | None, str, str, str]
@@ -52,6 +53,7 @@ def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[
     env_index: dict[str, int] = {}
     cells: list[dict[str, Any]] = []
     seen: set[str] = set()
+    verdicts: dict[tuple[int, Key], tuple[str, str]] = {}  # (environment, slot) -> (verdict, file)
     for source, doc in inputs:
         renumber = {}
         for i, env in enumerate(doc["environments"]):
@@ -62,12 +64,33 @@ def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[
             renumber[i] = env_index[identity]
         for cell in doc["cells"]:
             cell = {**cell, "env": renumber[cell["env"]]}
+            slot = (cell["env"], cell_key(cell))
+            verdict, first = verdicts.setdefault(slot, (cell["verdict"], source))
+            if verdict != cell["verdict"]:
+                raise UsageError(f"{key_label(slot[1])}: {first} says {verdict} and {source} says "
+                                 f"{cell['verdict']} for the same environment; one run cannot give a slot "
+                                 f"two verdicts, so one of the files is not what it seems")
             identity = _identity(cell)
             if identity not in seen:
                 seen.add(identity)
                 cells.append(cell)
-    return {"schema": SCHEMA, "created": now(), "command": list(command), "environments": environments,
-            "cells": cells}
+    merged = {"schema": SCHEMA, "created": now(), "command": list(command), "environments": environments,
+              "cells": cells}
+    incomplete = _incomplete(inputs, cells)
+    if incomplete:
+        merged["incomplete"] = incomplete
+    return merged
+
+
+def _incomplete(inputs: Sequence[tuple[str, dict[str, Any]]], cells: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The slots that interrupted inputs did not run and no other input has; None when there are none."""
+    present = {key_label(cell_key(c)) for c in cells}
+    missing, reasons = [], []
+    for source, doc in inputs:
+        if doc.get("incomplete"):
+            reasons.append(f"{source}: {doc['incomplete']['reason']}")
+            missing += [m for m in doc["incomplete"]["missing"] if m not in present and m not in missing]
+    return {"reason": "; ".join(reasons), "missing": missing} if missing else None
 
 
 def by_slot(cells: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:

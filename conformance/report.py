@@ -168,6 +168,7 @@ class _Builder:
             "environments": self._environments(),
             "comparison": self._comparison(),
             "notes": self.notes,
+            "incomplete": self.doc.get("incomplete"),
         }
 
     def _leaf(self, key: Key) -> dict[str, Any] | None:

@@ -38,21 +38,26 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_results(path: Path | str, cells: Iterable[CellResult], command: list[str] | None = None) -> Path:
+def write_results(path: Path | str, cells: Iterable[CellResult], command: list[str] | None = None,
+                  incomplete: dict[str, Any] | None = None) -> Path:
     """Write one run's results file atomically: a reader sees the old file or the whole new one.
 
     A run has one environment, index 0, which every cell points to; `conformance
-    merge` combines files from several runs and renumbers them.
+    merge` combines files from several runs and renumbers them. `incomplete`:
+    for a run that was interrupted, {"reason": ..., "missing": [the slots not run]}.
     """
     command = list(command if command is not None else sys.argv)
     created = now()
-    return write_document(path, {
+    document = {
         "schema": SCHEMA,
         "created": created,
         "command": command,
         "environments": [{"created": created, "command": command, **environment()}],
         "cells": [{**c.to_json(), "env": 0} for c in cells],
-    })
+    }
+    if incomplete is not None:
+        document["incomplete"] = incomplete
+    return write_document(path, document)
 
 
 def write_document(path: Path | str, data: dict[str, Any]) -> Path:

@@ -58,7 +58,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = ["DEVICES", "DTYPES", "FrameworkLayer", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
-           "load_target", "numpy_dtype", "registry", "resolve"]
+           "builtins", "entry_point_targets", "load_target", "numpy_dtype", "registry", "resolve"]
 
 ENTRY_POINT_GROUP = "conformance.implementations"
 
@@ -240,20 +240,34 @@ def builtin(component: str, name: str) -> Registered:
 
 
 def registry() -> list[Registered]:
-    """Built-in implementations, then those installed under the entry-point group."""
+    """Built-in implementations, then those installed under the entry-point group (imported here:
+    `conformance list` uses this; `check` and `run` import plug-ins in worker processes instead)."""
     found = _builtins()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for name, value in entry_point_targets():
         try:
-            obj = ep.load()
-            obj = obj() if isinstance(obj, type) else obj
-            found.append(_describe(obj, ep.value, "entry point", default_name=ep.name))
+            obj = load_target(value)
+            found.append(_describe(obj, value, "entry point", default_name=name))
         except Exception as e:  # a broken plug-in is listed, not fatal
-            found.append(Registered("?", ep.name, "?", ep.value, f"entry point (broken: {e})"))
+            found.append(Registered("?", name, "?", value, f"entry point (broken: {e})"))
     return found
 
 
+def builtins() -> list[Registered]:
+    """The built-in implementations, known without importing any framework."""
+    return _builtins()
+
+
+def entry_point_targets() -> list[tuple[str, str]]:
+    """(name, "module:attr") of each implementation installed under the entry-point group, not imported."""
+    return [(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+
 def load_target(target: str) -> Any:
-    """Import `package.module:attr` or `path/to/file.py:attr`; instantiate it if it is a class."""
+    """Import `package.module:attr` or `path/to/file.py:attr`; instantiate it if it is a class.
+
+    Whatever goes wrong is a UsageError of one line: for a plug-in that fails to
+    import or to construct, its file and line and the first line of its error.
+    """
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
         raise UsageError(f"{target!r} is not of the form package.module:attr or path/to/file.py:attr")
@@ -267,18 +281,54 @@ def load_target(target: str) -> Any:
             sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(f"_conformance_plugin_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
     else:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            raise UsageError(f"cannot import {module_name!r} (from {target!r}): {e}") from None
+            if e.name is not None and module_name.startswith(e.name):  # the module itself, or its package
+                raise UsageError(f"cannot import {module_name!r} (from {target!r}): {e}") from None
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
+        except Exception as e:
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
     try:
         obj = getattr(module, attr)
     except AttributeError:
         public = [n for n in vars(module) if not n.startswith("_")]
         raise UsageError(f"{module_name!r} has no attribute {attr!r}; it has: {', '.join(public)}") from None
-    return obj() if isinstance(obj, type) else obj
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as e:
+            raise UsageError(f"cannot construct {target!r} (it is called with no arguments): "
+                             f"{_failure(e, obj)}") from None
+    return obj
+
+
+def _failure(e: BaseException, cls: type | None = None) -> str:
+    """`file:line: Type: the first line of the message`, the line being where the error arose."""
+    import inspect
+    import traceback
+
+    where = None
+    if isinstance(e, SyntaxError) and e.filename:
+        where, message = f"{e.filename}:{e.lineno}", e.msg
+    else:
+        message = str(e)
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if f.filename != __file__ and "importlib" not in f.filename and not f.filename.startswith("<")]
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno}"
+        elif cls is not None:  # raised at the call itself, e.g. missing arguments: point at the class
+            try:
+                where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+            except (OSError, TypeError):
+                pass
+    first = (message.strip().splitlines() or [""])[0]
+    return f"{where + ': ' if where else ''}{type(e).__name__}{': ' + first if first else ''}"
 
 
 def _describe(obj: Any, target: str, source: str, default_name: str) -> Registered:
@@ -299,10 +349,15 @@ def resolve(component: str, name_or_target: str) -> Registered:
         if r.component != component:
             raise UsageError(f"{name_or_target!r} implements {r.component!r}, not {component!r}")
         return r
-    candidates = [r for r in registry() if r.component == component]
+    return by_name(component, name_or_target, registry())
+
+
+def by_name(component: str, name: str, registered: list[Any]) -> Any:
+    """The one of `registered` (anything with `component` and `name`) that is `name` of `component`."""
+    candidates = [r for r in registered if r.component == component]
     for r in candidates:
-        if r.name == name_or_target:
+        if r.name == name:
             return r
     names = ", ".join(r.name for r in candidates) or "none"
-    raise UsageError(f"unknown implementation {name_or_target!r} of {component!r}; "
+    raise UsageError(f"unknown implementation {name!r} of {component!r}; "
                      f"registered: {names}; or give a plug-in as package.module:attr or file.py:attr")

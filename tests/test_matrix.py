@@ -17,7 +17,7 @@ import pytest
 from conformance import generate, tolerances
 from conformance.api import check
 from conformance.engine import COMPILED_SHAPES, run_cell
-from impls import DTYPES, UsageError, builtin, numpy_dtype, resolve
+from impls import DTYPES, UsageError, _describe, builtin, numpy_dtype, resolve
 from impls.numpy.mha import Implementation as NumpyAttention
 
 torch_installed = importlib.util.find_spec("torch") is not None
@@ -134,7 +134,9 @@ class CountingCompiler(NumpyAttention):
 
 def test_compiled_cells_compile_per_shape_group_not_per_example(mha_spec):
     impl = CountingCompiler()
-    cell = check("mha", impl, dtypes=["float32"], devices=["cpu"], modes=["compiled"], examples=100)[0]
+    counted = _describe(impl, "tests.test_matrix:CountingCompiler", "plugin", default_name="CountingCompiler")
+    # in this process (run_cell, not check's worker processes), to read the compilations it counted
+    cell = run_cell(mha_spec, counted, "float32", "cpu", "compiled", max_examples=100)
     assert cell.verdict == "conformant", cell.reason
     groups = max(1, COMPILED_SHAPES // len(generate.strata(mha_spec))) * len(generate.strata(mha_spec))
     assert cell.examples >= 100 and cell.compiles == len(impl.compilations) <= groups

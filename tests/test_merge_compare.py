@@ -206,3 +206,23 @@ def test_files_with_nothing_in_common_are_not_compared(tmp_path, capsys):
     b = {**a, "cells": [{**c, "component": "other"} for c in a["cells"] if c["verdict"] != "non-conformant"]}
     assert main(["compare", str(save(tmp_path / "a2.json", a)), str(save(tmp_path / "b.json", b))]) == 2
     assert "have no slot in common: nothing to compare" in capsys.readouterr().err
+
+
+def test_an_incomplete_results_file_is_shown_as_such(tmp_path, capsys):
+    """A file an interrupted run wrote: compare fails on it, merge keeps the mark, the report shows it."""
+    a = write(tmp_path / "a.json")
+    data = read(a)
+    data["incomplete"] = {"reason": "interrupted by SIGINT", "missing": ["ffn numpy cpu eager float64"]}
+    b = save(tmp_path / "b.json", data)
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert f"INCOMPLETE  {b} is incomplete (interrupted by SIGINT): 1 slot(s) were not run" in out
+    assert main(["compare", str(b), str(a)]) == 0  # an incomplete baseline is only a note
+    assert "note" in capsys.readouterr().out
+    merged = tmp_path / "merged.json"
+    assert main(["merge", str(b), "-o", str(merged)]) == 0
+    assert read(merged)["incomplete"]["missing"] == ["ffn numpy cpu eager float64"]
+    html = tmp_path / "report" / "index.html"
+    assert main(["report", str(b), "-o", str(html)]) == 0
+    page = html.read_text()
+    assert "Incomplete:" in page and "interrupted by SIGINT" in page and "ffn numpy cpu eager float64" in page
