@@ -19,23 +19,25 @@ from typing import Any, Sequence
 from conformance.engine import CellResult, cells_of
 from conformance.results import format_cell, summary_line
 from conformance.spec import find_spec_dir, list_components, load_spec
-from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, entry_point_refs, resolve_ref
+from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
+                                 resolve_ref)
 from impls import UsageError, builtins, keras_backend
 
 
 def check(component: str, implementation: Any, *, dtypes: Sequence[str] | None = None,
           devices: Sequence[str] | None = None, modes: Sequence[str] | None = None, examples: int = 100,
           seed: int = 0, timeout: float = Limits.example, compile_timeout: float = Limits.compile,
-          cell_timeout: float | None = None) -> list[CellResult]:
+          cell_timeout: float | None = None, jobs: int | None = None) -> list[CellResult]:
     """Run every (dtype, device, mode) cell of one implementation; `implementation` is an object
     following the protocol in impls/__init__.py, a registered name, or 'module:attr'.
 
     Cells it cannot run here come back as unsupported or not-available; the time limits
-    are those of `conformance check` (--timeout, --compile-timeout, --cell-timeout)."""
+    and `jobs` are those of `conformance check` (--timeout, --compile-timeout, --cell-timeout,
+    -j: by default as many cells at once as there are CPUs)."""
     if component not in list_components():
         raise UsageError(f"unknown component {component!r}; known: {', '.join(list_components())}")
     spec = load_spec(find_spec_dir() / f"{component}.md")
-    with Pool(limits=Limits(timeout, compile_timeout, cell_timeout)) as pool:
+    with Pool(jobs=jobs or default_jobs(), limits=Limits(timeout, compile_timeout, cell_timeout)) as pool:
         if isinstance(implementation, str):
             builtin = {r.name for r in builtins() if r.component == component}
             probed = [] if ":" in implementation or implementation in builtin else entry_point_refs(pool)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import glob
 import json
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
-from conformance import deviations, journal
+from conformance import deviations, journal, schedule
 from conformance.compare import DEFAULT_FACTOR, DEFAULT_FLOOR, compare, format_comparison
 from conformance.engine import CellResult, cells_of
 from conformance.generate import SCALE_EXPONENTS
@@ -22,8 +25,9 @@ from conformance.merge import merge_documents
 from conformance.results import format_cell, header, summary_line, write_document, write_results
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
-from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, entry_point_refs, resolve_ref
-from impls import DEVICES, DTYPES, MODES, Registered, UsageError, builtins, keras_backend, registry
+from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
+                                 resolve_ref)
+from impls import DEVICES, DTYPES, KERAS_BACKENDS, MODES, Registered, UsageError, builtins, registry
 
 #: Examples per cell for each profile; --examples overrides.
 PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
@@ -39,7 +43,25 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageExit(f"{self.prog}: {message}")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside the cells (they have handlers of their own: see workers.Pool)."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parser().parse_args(argv)
         return args.func(args)
@@ -49,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SpecError) as e:
         print(f"conformance: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before or after the cells: nothing of a run is lost (see the journal)
+    except KeyboardInterrupt as e:  # before or after the cells: nothing of a run is lost (see the journal)
         print("conformance: interrupted", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, _Terminated) else 130
 
 
 def _one_line(message: str) -> str:
@@ -90,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="run only the cells that the output's journal lacks, after an interrupted run")
 
     def axis_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--jobs", "-j", type=int, default=default_jobs(),
+                        help="cells run at once, each in a worker process (default: the CPUs this process may "
+                             "use, %(default)s here)")
+        sp.add_argument("--backend", action="append",
+                        help=f"Keras backend, repeatable: {', '.join(KERAS_BACKENDS)} (default: $KERAS_BACKEND "
+                             "if set, else every one installed; each runs in workers of its own)")
         sp.add_argument("--dtype", action="append", help=f"repeatable: {', '.join(DTYPES)} (default: all)")
         sp.add_argument("--device", action="append", help=f"repeatable: {', '.join(DEVICES)} (default: all; "
                                                           "those this machine lacks come out not-available)")
@@ -110,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--component", action="append", help="only these components (repeatable)")
     axis_args(rn)
     rn.add_argument("--output", "-o", default="reports/results.json", help="results file (default %(default)s)")
+    rn.add_argument("--shard", metavar="K/N",
+                    help="run part K of N of the matrix, split by estimated cost the same way on every machine; "
+                         "'conformance merge' joins the N results files")
     budget_args(rn)
     rn.set_defaults(func=cmd_run)
 
@@ -164,9 +195,20 @@ def _specs(names: Sequence[str] | None) -> list[Spec]:
     return [load_spec(spec_dir / f"{n}.md") for n in (names or known)]
 
 
+def keras_backends(args: argparse.Namespace) -> list[str]:
+    """The Keras backends to run: --backend, else $KERAS_BACKEND, else every one installed."""
+    if args.backend:
+        return list(dict.fromkeys(args.backend))
+    if os.environ.get("KERAS_BACKEND"):
+        return [os.environ["KERAS_BACKEND"]]
+    return [b for b in KERAS_BACKENDS if importlib.util.find_spec(b) is not None] or [KERAS_BACKENDS[0]]
+
+
 def _check_axes(args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     for flag, given, valid in (("--dtype", args.dtype, DTYPES), ("--device", args.device, DEVICES),
-                               ("--mode", args.mode, MODES)):
+                               ("--mode", args.mode, MODES), ("--backend", args.backend, KERAS_BACKENDS)):
         for value in given or []:
             if value not in valid:
                 raise UsageError(f"unknown {flag} {value!r}; valid: {', '.join(valid)}")
@@ -336,16 +378,14 @@ def parse_example(spec: Spec, text: str) -> dict[str, Any]:
 
 def _tasks(specs: list[Spec], impls: list[ImplRef], args: argparse.Namespace, ledger: list,
            example: dict[str, Any] | None = None) -> list[CellTask]:
+    """Every cell asked for; a Keras implementation's once per Keras backend."""
     n = _examples(args)
+    backends = keras_backends(args)
     return [CellTask(impl, spec, dtype, device, mode, max_examples=n, seed=args.seed, example=example,
-                     ledger=tuple(ledger), env=_worker_env(impl))
+                     ledger=tuple(ledger), env=env)
             for spec in specs for impl in impls if impl.component == spec.component
+            for env in ([(("KERAS_BACKEND", b),) for b in backends] if impl.framework == "keras" else [()])
             for dtype, device, mode in cells_of(args.dtype, args.device, args.mode)]
-
-
-def _worker_env(impl: ImplRef) -> tuple[tuple[str, str], ...]:
-    """What a worker of this implementation needs set: the Keras backend it runs on."""
-    return (("KERAS_BACKEND", keras_backend()),) if impl.framework == "keras" else ()
 
 
 def _identity(tasks: list[CellTask], args: argparse.Namespace) -> dict[str, Any]:
@@ -371,7 +411,9 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
             done = journal.read(path, identity)
             print(f"resuming: {len(done)} of {len(tasks)} cells already done ({path})", flush=True)
         book = journal.Journal(path, identity, done)
-    todo = [i for i in range(len(tasks)) if i not in done]
+    pending = [i for i in range(len(tasks)) if i not in done]
+    previous = schedule.previous_costs(args.output)  # an earlier run's seconds per cell, for the order
+    todo = [pending[j] for j in schedule.longest_first([tasks[i] for i in pending], previous)]
     total = len(tasks)
 
     def finished(j: int, cell: CellResult) -> None:
@@ -390,6 +432,8 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
         pool.run([tasks[i] for i in todo], on_result=finished)
     except Interrupted as e:
         interrupted = e
+    except KeyboardInterrupt as e:  # a signal just before the workers' signal handlers were in place
+        interrupted = Interrupted(signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT, {})
     cells = [done[i] for i in range(len(tasks)) if i in done]
     if interrupted is None:
         if args.output:
@@ -417,7 +461,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     _examples(args)
     if args.output:
         check_output(args.output)
-    with Pool(limits=limits) as pool:
+    with Pool(jobs=args.jobs, limits=limits) as pool:
         probed = entry_point_refs(pool) if (":" not in args.impl and args.impl not in
                                             {r.name for r in builtins() if r.component == spec.component}) \
             or _ledger_names_others(ledger) else []
@@ -440,17 +484,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         if f not in known:
             raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
     n = _examples(args)
+    shard_of = schedule.parse_shard(args.shard) if args.shard else None
     check_output(args.output)
-    with Pool(limits=limits) as pool:
+    with Pool(jobs=args.jobs, limits=limits) as pool:
         probed = entry_point_refs(pool)
         _ledger(args.ledger, probed)
         impls = [ImplRef.of(r) for r in builtins()] + probed
         impls = [r for r in impls if r.component in {s.component for s in specs}
                  and (not args.framework or r.framework in args.framework)]
         tasks = _tasks(specs, impls, args, ledger)
+        part = ""
+        if shard_of is not None:
+            tasks = [tasks[i] for i in schedule.shard(tasks, *shard_of)]
+            part = f" (shard {shard_of[0]}/{shard_of[1]})"
         width = _column(impls)
         print(f"{len(specs)} component(s), {len(impls)} implementation(s), {n} examples per cell, "
-              f"{len(tasks)} cells\n{header(width)}", flush=True)
+              f"{len(tasks)} cells{part}, {args.jobs} at a time\n{header(width)}", flush=True)
         cells, interrupted = _execute(pool, tasks, args, width)
     print(f"\n{summary_line(cells)}\nresults: {args.output}")
     return interrupted if interrupted is not None else _exit_code(cells)

@@ -6,9 +6,12 @@ check outputs (present, shape, dtype, finite) -> compare each with the
 reference against its budget -> record. The CLI, pytest and the results file
 are front ends over `run_cell` and `run_matrix`.
 
-In the compiled mode each new input shape costs a compilation, so there the
-examples are grouped: a few shapes per cell are drawn up front, and the search
-varies values, magnitudes and seeds within them (`generate.shape_groups`).
+Where each new input shape costs a compilation (the compiled mode, and the
+eager mode of a backend that compiles op by op, such as JAX: the
+implementation's `compiles_per_shape`), the examples are grouped: a few shapes
+per cell are drawn up front, and the search varies values, magnitudes and
+seeds within them (`generate.shape_groups`). spec/README.md says what that
+leaves out of the search.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ from impls import DEVICES, DTYPES, MODES, Registered, numpy_dtype
 #: drawn layer configs); not-available: this machine lacks the device or framework; error:
 #: the harness could not run the cell.
 VERDICTS = ("conformant", "known-deviation", "non-conformant", "unsupported", "not-available", "error")
-#: Shapes per cell in the compiled mode, at least one per stratum.
+#: Shapes per cell where each new shape compiles (`Registered.compiles_per_shape`), at least one per
+#: stratum. The same number serves both modes; a new shape costs more in the eager mode, where Keras on JAX
+#: compiles each operation of the call (mha in float32 on a 2-core CPU: 22 XLA programs, 0.6 s a shape,
+#: against 0.2 s under jax.jit), which argues for no more.
 COMPILED_SHAPES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
@@ -53,7 +59,7 @@ class Event(str, Enum):
 
     EXAMPLE = "example"  # a drawn example: the dict of spec parameters, seed and scale_exp
     WORKED = "worked"  # one of the spec's worked examples: {"worked_example": name}
-    COMPILE = "compile"  # the example's call is the first on a new shape in the compiled mode
+    COMPILE = "compile"  # the example's call is the first on a new shape, where shapes compile
 
 
 #: A cell's watcher: called with the event and the example it concerns.
@@ -104,8 +110,12 @@ class CellResult:
     verdict: str = "error"
     examples: int = 0
     seconds: float = 0.0  # wall time of the whole cell
-    compile_seconds: float = 0.0  # of which first calls per input shape in the compiled mode
-    compiles: int = 0  # distinct (config, input shapes) the compiled mode met: a compilation each
+    compile_seconds: float = 0.0  # of which first calls per input shape, where shapes compile
+    compiles: int = 0  # distinct (config, input shapes) met where shapes compile: a compilation each
+    # the framework's own counts over the cell (`Registered.compilations`): "graphs" compiled (torch.compile
+    # counts each piece between graph breaks; JAX each XLA program, one per operation in the eager mode),
+    # "cache_hits" of them loaded from the persistent compilation cache; empty where it gives none
+    framework_compiles: dict[str, int] = field(default_factory=dict)
     max_error: dict[str, float] = field(default_factory=dict)  # eps units, per output
     p99_error: dict[str, float] = field(default_factory=dict)
     budget: dict[str, float] = field(default_factory=dict)  # eps units, per output, at the worst example
@@ -184,8 +194,8 @@ def reference_forward(component: str) -> Callable[..., dict[str, np.ndarray]]:
 class Runner:
     """Runs examples of one cell, building the candidate once per layer config.
 
-    The first call of an instance on each input shape is timed apart: in the
-    compiled mode it is the compilation (`compile_seconds`).
+    The first call of an instance on each input shape is timed apart: where
+    shapes compile (`pooled`) it is the compilation (`compile_seconds`).
     """
 
     def __init__(self, spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager",
@@ -193,6 +203,7 @@ class Runner:
         self.spec, self.impl, self.dtype, self.device, self.mode = spec, impl, dtype, device, mode
         self.progress = progress or (lambda event, example: None)
         self.outputs = impl.outputs(tuple(spec.outputs))
+        self.pooled = impl.compiles_per_shape(mode)  # each new shape compiles: draw a few up front
         self.ledger = deviations.entries_for(list(ledger), spec.component, impl.label, dtype=dtype,
                                              backend=impl.backend(), device=device, mode=mode)
         self.reference = reference_forward(spec.component)
@@ -256,13 +267,14 @@ class Runner:
         instance = self.instance(config)
         shapes = (tuple(sorted(config.items())),
                   tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
-        if self.mode != "eager" and shapes not in self.shapes_seen:
+        first = self.pooled and shapes not in self.shapes_seen
+        if first:
             self.progress(Event.COMPILE, dict(example))
         try:
             instance.load({k: v.copy() for k, v in weights.items()})
             start = time.perf_counter()
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
-            if self.mode != "eager" and shapes not in self.shapes_seen:
+            if first:
                 self.compile_seconds += time.perf_counter() - start
         except Exception as e:
             raise NonConformance(f"raised {_describe_exception(e)}") from None
@@ -367,11 +379,12 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
     start = time.perf_counter()
     result = CellResult(spec.component, impl.label,
                         impl.framework, None, device, dtype, mode)
-    runner = None
+    runner, compiled_before = None, {}
     try:
         if impl.unavailable_reason() is None:
             result.backend = impl.backend()
             result.environment = {**machine(), **impl.environment()}
+            compiled_before = _compilations(impl)
         verdict, reason = cell_status(impl, dtype, device, mode)
         if verdict is not None:
             result.verdict, result.reason = verdict, reason
@@ -385,10 +398,20 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
         result.verdict, result.reason = "error", _describe_exception(e)
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
-        if runner is not None and mode != "eager":
+        if runner is not None and runner.pooled:
             result.compile_seconds = round(runner.compile_seconds, 3)
             result.compiles = len(runner.shapes_seen)
+        if runner is not None:
+            result.framework_compiles = {k: v - compiled_before.get(k, 0) for k, v in _compilations(impl).items()}
     return result
+
+
+def _compilations(impl: Registered) -> dict[str, int]:
+    """The implementation's running compilation counts; {} when it cannot say (a count never costs a verdict)."""
+    try:
+        return impl.compilations()
+    except Exception:
+        return {}
 
 
 def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[str | None, str | None]:
@@ -498,7 +521,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
 
     for fixed in strata:
         groups = None
-        if runner.mode != "eager":
+        if runner.pooled:
             groups = generate.shape_groups(spec, fixed, max(1, COMPILED_SHAPES // len(strata)), rng)
 
         @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
@@ -529,7 +552,11 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     # so that a mistake both would catch is reported with a shrunk example).
     # They check the implementation's logic, which the eager cells cover; each
     # has shapes of its own, so in the compiled mode they would cost a
-    # compilation apiece, and they are left to the eager cells.
+    # compilation apiece, and they are left to the eager cells. An eager cell
+    # that compiles per shape (Keras on JAX) still runs them: the eager cell
+    # is where that implementation's logic is checked, a spec has only a few,
+    # and their shapes are fixed, so from the second run on their programs
+    # come from the persistent compilation cache whatever the seed.
     for worked in spec.examples if runner.mode == "eager" else ():
         try:
             attempt(lambda: runner.run_worked(worked), None)

@@ -44,7 +44,7 @@ def examples(spec: Spec, fixed: Mapping[str, Any] | None = None,
     """Examples with the `fixed` parameters as given; with `groups`, every parameter comes from one of them.
 
     Only `scale_exp` and `seed` vary within a group: the input shapes stay those
-    of the group, so a compiled implementation compiles once per group.
+    of the group, so an implementation that compiles per shape compiles once per group.
     """
     fixed = fixed or {}
     if groups is not None:

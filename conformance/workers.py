@@ -125,17 +125,25 @@ class ImplRef:
 
 
 def _unpickle(payload: bytes, module_name: str, module_file: str | None) -> Any:
+    """The object back; its class's module loaded from its file when it cannot be imported by name here
+    (a test module that pytest imported by path, as `tests.test_x`, with no package `tests` to import)."""
     try:
         return pickle.loads(payload)
     except (ModuleNotFoundError, AttributeError):
         if not module_file:
             raise
     import importlib.util
+    import types
 
+    parts = module_name.split(".")
+    for n in range(1, len(parts)):  # stand-ins for the packages above it, so that the name resolves
+        sys.modules.setdefault(".".join(parts[:n]), types.ModuleType(".".join(parts[:n])))
     spec = importlib.util.spec_from_file_location(module_name, module_file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
+    if len(parts) > 1:
+        setattr(sys.modules[".".join(parts[:-1])], parts[-1], module)
     return pickle.loads(payload)
 
 
@@ -295,6 +303,32 @@ def _how_it_died(w: _Worker) -> str:
     return f"the worker exited with status {code} (os._exit or sys.exit in the implementation?)"
 
 
+#: The variables that cap a framework's threads within one process (OpenMP, BLAS, TensorFlow, XLA on the CPU).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
+
+
+def default_jobs() -> int:
+    """The CPUs this process may use: how many cells run at once unless told otherwise."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_limits(jobs: int) -> dict[str, str]:
+    """With several workers at once, each gets its share of the CPUs, so that they do not fight over them;
+    variables the user has set are left alone."""
+    if jobs <= 1:
+        return {}
+    share = str(max(1, default_jobs() // jobs))
+    limits = {name: share for name in _THREAD_VARIABLES if name not in os.environ}
+    if "TF_NUM_INTEROP_THREADS" not in os.environ:
+        limits["TF_NUM_INTEROP_THREADS"] = "1"
+    if share == "1" and "XLA_FLAGS" not in os.environ:
+        limits["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
+    return limits
+
+
 def where(example: Mapping[str, Any] | None, loaded: bool = True) -> str:
     """Which example a worker was on, for a message."""
     if example is None:
@@ -322,7 +356,8 @@ class Pool:
 
     def _spawn(self, group: Any, env: Mapping[str, str]) -> _Worker:
         parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(child_conn, os.getpid(), dict(env)),
+        env = {**thread_limits(self.jobs), **env}
+        process = self._context.Process(target=_serve, args=(child_conn, os.getpid(), env),
                                         name=f"conformance-worker-{group[0]}")
         process.start()
         child_conn.close()
@@ -475,7 +510,7 @@ class Pool:
                 for w in [w for w in self._workers if w.job is not None]:
                     if now > w.cell_deadline:
                         w.whole_cell = True
-                        self._timed_out(w, failed, f"no result within {w.cell_deadline - w.started:g} s "
+                        self._timed_out(w, failed, f"no result within {self.limits.for_cell(w.job.max_examples):g} s "
                                                    f"(the cell's limit, --cell-timeout); it was")
                     elif now > w.deadline:
                         self._timed_out(w, failed, f"no result within {w.limit:g} s")
@@ -524,8 +559,11 @@ class Pool:
                 if kind == "result":
                     index, w.index, w.job = w.index, None, None
                     finished(index, message[1])
-                elif kind == "loaded":
+                elif kind == "loaded":  # the cell's limit counts from here: imports have their own
                     w.loaded = True
+                    if w.cell_deadline != float("inf"):
+                        w.cell_deadline = now + self.limits.for_cell(w.job.max_examples)
+                        w.started = now
                 elif kind == "event":
                     w.example, w.examples = message[2], w.examples + 1
                     w.limit = self.limits.example + (self.limits.compile if message[1] == Event.COMPILE.value

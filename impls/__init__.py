@@ -21,11 +21,27 @@ and optionally:
                                    # cannot; such examples are skipped and counted, not failed. Make
                                    # the reason a fixed phrase per limit (results group by it), e.g.
                                    # "num_heads * d_head != d_model"
+    compiles_per_shape(mode) -> bool
+                                   # whether each new input shape costs a compilation in `mode`;
+                                   # defaults to True for "compiled", False for "eager". Keras on
+                                   # JAX says True for "eager" too: JAX compiles every operation
+                                   # for each new shape. A compiled mode with dynamic shapes may
+                                   # say False, and its cells draw shapes freely
+    compilations() -> dict[str, int]
+                                   # the framework's own running counts in this process, e.g.
+                                   # {"graphs": 3, "cache_hits": 1}; the harness records how much
+                                   # each grew over a cell. Defaults to {} (nothing to count)
 
 An implementation that lists "compiled" in `modes` is built with
 `build(config, dtype=..., device=..., mode="compiled")` for those cells and
-should compile its forward pass once per input shape (the harness groups
-examples by shape so that a cell compiles a handful of times, not per example).
+should compile its forward pass once per input shape. Where a new shape costs
+a compilation (`compiles_per_shape`), the harness draws a few shapes per cell
+up front and searches within them, so that a cell compiles a handful of
+times, not per example.
+
+A framework with a compiler keeps its compiled code in a persistent cache
+under `compilation_cache_dir(framework)` (CONFORMANCE_CACHE_DIR; "off" for
+none), and its `environment()` says whether it used one and where.
 
 `config` holds the spec's layer parameters only (see the spec's parameter
 table). The returned Instance has:
@@ -57,8 +73,9 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["DEVICES", "DTYPES", "FrameworkLayer", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
-           "builtins", "entry_point_targets", "load_target", "numpy_dtype", "registry", "resolve"]
+__all__ = ["DEVICES", "DTYPES", "FrameworkLayer", "KERAS_BACKENDS", "Implementation", "Instance", "MODES", "Registered", "UsageError", "builtin",
+           "builtins", "CACHE_VARIABLE", "compilation_cache_dir", "entry_point_targets", "load_target",
+           "numpy_dtype", "registry", "resolve"]
 
 ENTRY_POINT_GROUP = "conformance.implementations"
 
@@ -69,6 +86,8 @@ DEFAULT_DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "cuda")
 #: The execution-mode axis: op by op, or through the framework's compiler.
 MODES = ("eager", "compiled")
+#: The backends Keras 3 runs on; a worker process runs one (KERAS_BACKEND).
+KERAS_BACKENDS = ("tensorflow", "torch", "jax")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -84,6 +103,26 @@ def numpy_dtype(name: str) -> np.dtype:
 
 class UsageError(Exception):
     """A name or target that does not exist; the message lists the valid choices."""
+
+
+#: Where frameworks keep compiled code between runs (`compilation_cache_dir`); "off" for nowhere.
+CACHE_VARIABLE = "CONFORMANCE_CACHE_DIR"
+
+
+def compilation_cache_dir(framework: str) -> Path | None:
+    """The folder for `framework`'s persistent compilation cache, or None when CONFORMANCE_CACHE_DIR is "off".
+
+    Default: nn-conformance/<framework> under $XDG_CACHE_HOME (~/.cache), so that
+    later runs, and the other worker processes of a run, reuse what one compiled.
+    The caches key compiled code on the whole program (graph, shapes, dtypes,
+    compiler flags and versions), so a hit is the code a fresh compilation
+    would produce, and cannot change a result.
+    """
+    setting = os.environ.get(CACHE_VARIABLE, "").strip()
+    if setting.lower() == "off":
+        return None
+    root = Path(setting) if setting else Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "nn-conformance"
+    return root.expanduser() / framework
 
 
 @runtime_checkable
@@ -177,6 +216,16 @@ class Registered:
         """Why this implementation cannot express `config`, or None when it can (or does not say)."""
         supports = getattr(self.load(), "supports", None)
         return supports(config) if callable(supports) else None
+
+    def compiles_per_shape(self, mode: str) -> bool:
+        """Whether each new input shape costs a compilation in `mode`: by default, in the compiled mode only."""
+        says = getattr(self.load(), "compiles_per_shape", None)
+        return bool(says(mode)) if callable(says) else mode != "eager"
+
+    def compilations(self) -> dict[str, int]:
+        """The framework's running compilation counts in this process, as the implementation reports them."""
+        counts = getattr(self.load(), "compilations", None)
+        return {k: int(v) for k, v in counts().items()} if callable(counts) else {}
 
 
 #: Frameworks with a built-in implementation of every component: impls/<framework>/<component>.py,

@@ -35,7 +35,7 @@ def misbehave(fault: str) -> None:
     if fault == "kill":  # what the kernel's OOM killer does
         os.kill(os.getpid(), signal.SIGKILL)
     if fault == "slow":  # each example takes a while; the whole cell takes long
-        time.sleep(0.5)
+        time.sleep(1.0)
         return
     if fault != "none":
         raise ValueError(f"unknown fault {fault!r}")

@@ -94,14 +94,14 @@ def test_a_faulty_entry_point_in_a_run_beside_builtin_cells(fault, tmp_path):
 
 def test_a_cell_over_its_limit_is_stopped_and_the_next_runs(tmp_path):
     out = tmp_path / "results.json"
-    target = f"{FAULTY}:Slow"  # half a second per float32 example
+    target = f"{FAULTY}:Slow"  # a second per float32 example
     proc = conformance("check", "mha", "--impl", target, "--dtype", "float32", "--dtype", "float64",
-                       "--device", "cpu", "--mode", "eager", "--examples", "20", "--cell-timeout", "3",
+                       "--device", "cpu", "--mode", "eager", "--examples", "20", "--cell-timeout", "6",
                        "-o", str(out))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     cells = cells_of(out)
     slow, fine = cells[("mha", target, "float32", "eager", "cpu")], cells[("mha", target, "float64", "eager", "cpu")]
-    assert slow["verdict"] == "error" and "no result within 3 s (the cell's limit, --cell-timeout)" in slow["reason"]
+    assert slow["verdict"] == "error" and "no result within 6 s (the cell's limit, --cell-timeout)" in slow["reason"]
     assert fine["verdict"] == "conformant"
 
 
@@ -131,17 +131,21 @@ def test_interrupted_runs_keep_finished_cells_and_resume_to_the_same_results(sig
         out = tmp_path / f"results-{attempt}.json"
         proc = subprocess.Popen([sys.executable, "-m", "conformance", *RUN, "-o", str(out)], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.2, 0.8) * seconds)
+        journal = Path(f"{out}.journal")
+        while not journal.exists() and proc.poll() is None:  # the cells have started
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.7) * seconds)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
         if proc.returncode == 0:  # it finished first: nothing to resume
             assert cells_of(out).keys() == whole.keys()
             continue
         assert proc.returncode == code, stdout + stderr
+        assert out.exists(), stdout + stderr
         data = json.loads(out.read_text())
         assert data["incomplete"]["reason"] == f"interrupted by {signal.Signals(signum).name}"
         kept = cells_of(out)
-        assert len(kept) + len(data["incomplete"]["missing"]) == len(whole)
+        assert len(kept) + len(data["incomplete"]["missing"]) == len(whole), stdout + stderr
         for key, cell in kept.items():
             assert {k: cell[k] for k in SAME} == {k: whole[key][k] for k in SAME}
         assert Path(f"{out}.journal").exists()

@@ -87,7 +87,7 @@ def test_keras_implementation_conforms_on_backend(backend, tmp_path):
         pytest.skip(f"Keras backend {backend} is not installed")
     env = {**os.environ, "KERAS_BACKEND": backend}
     out = tmp_path / "results.json"
-    # JAX compiles every op for every new shape in eager mode (about a second an example here)
+    # JAX compiles every op for every new shape, in eager mode too (about a second a shape here)
     examples = "8" if backend == "jax" else "40"
     proc = subprocess.run([sys.executable, "-m", "conformance", "check", "mha", "--impl", "keras",
                            "--examples", examples, "--device", "cpu", "--mode", "eager", "--mode", "compiled",

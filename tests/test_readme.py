@@ -35,3 +35,28 @@ def test_ci_runs_the_readme_test_command(root):
     ci = [l for l in (root / ".ci" / "run").read_text().splitlines()
           if l.strip() and not l.lstrip().startswith(("#", "set ", "cd ", "export "))]
     assert ci[-1] in (root / "README.md").read_text()
+
+
+def test_the_readme_ci_workflow_is_the_repositorys_and_its_commands_parse(root):
+    """The sharded GitHub Actions workflow in README is the one in .github/, and each conformance command
+    in it is one the command line accepts."""
+    import shlex
+
+    import yaml
+
+    from conformance.cli import _parser
+
+    text = (root / "README.md").read_text()
+    m = re.search(r"<!-- workflow: (\S+) -->\n```yaml\n(.*?)```", text, re.S)
+    assert m, "README lost its CI workflow"
+    assert (root / m[1]).read_text() == m[2]
+    workflow = yaml.safe_load(m[2])
+    shards = workflow["jobs"]["shard"]["strategy"]["matrix"]["shard"]
+    commands = [line.strip() for job in workflow["jobs"].values() for step in job["steps"]
+                for line in step.get("run", "").splitlines() if line.strip().startswith("conformance ")]
+    run = next(c for c in commands if c.startswith("conformance run"))
+    assert f"--shard ${{{{ matrix.shard }}}}/{len(shards)}" in run and shards == list(range(1, len(shards) + 1))
+    assert any(c.startswith("conformance merge") for c in commands)
+    for command in commands:
+        argv = shlex.split(command.replace("${{ matrix.shard }}", "1"))[1:]
+        _parser().parse_args([a for a in argv if "*" not in a] + (["x.json"] if "*" in command else []))

@@ -5,6 +5,12 @@ needs jax_enable_x64, which is switched on here before any array is made;
 without it JAX silently computes float64 layers in float32. TF32 and other
 reduced-precision matmuls are switched off for every backend (`pin_precision`).
 
+JAX compiles every operation for each new input shape, in the eager mode too,
+so there both modes say they compile per shape (`compiles_per_shape`) and the
+harness draws a few shapes per cell. JAX's persistent compilation cache is
+switched on here, also before anything compiles (`jax_compilation_cache`); on
+the torch backend the compiled mode uses torch's (impls/torch).
+
 Each component module defines its layer and a `load_canonical(layer, weights)`
 converter; `LayerInstance` does the rest: device placement through
 keras.device, NumPy conversion, and the compiled mode through each backend's
@@ -13,15 +19,68 @@ own compiler (tf.function with XLA, jax.jit, torch.compile).
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable, Mapping
 
+from impls import compilation_cache_dir
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+
+#: JAX's compilations in this process, counted from its monitoring events: "graphs" (XLA programs compiled
+#: or loaded from the persistent cache) and "cache_hits" (those loaded).
+JAX_COUNTS: collections.Counter = collections.Counter()
+#: What `jax_compilation_cache` set, for the environment; empty on other backends.
+JAX_CACHE: dict[str, Any] = {}
+
+
+def jax_compilation_cache() -> dict[str, Any]:
+    """Switch on JAX's persistent compilation cache unless CONFORMANCE_CACHE_DIR is "off"; what to record.
+
+    JAX decides on its cache at its first compilation, so this runs at import.
+    By default JAX caches only programs that took a second or more to compile;
+    on a CPU nearly every program here is quicker (each operation of an eager
+    call is a program of its own), so both thresholds are lowered to nothing.
+    CONFORMANCE_CACHE_DIR decides, over JAX_COMPILATION_CACHE_DIR, so that
+    results name one place. The cache keys a program on its HLO, the compile
+    options, the flags and the versions of jax and jaxlib, so a hit cannot
+    change a result.
+    """
+    import jax
+
+    folder = compilation_cache_dir("jax")
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return {"compilation_cache": "off"}
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return {"compilation_cache": jax.config.jax_compilation_cache_dir,
+            "jax_persistent_cache_min_compile_time_secs": jax.config.jax_persistent_cache_min_compile_time_secs}
+
+
+def _count_jax_compilations() -> None:
+    """Count JAX's compilations and persistent-cache hits from its monitoring events, once per process."""
+    import jax
+
+    def on_duration(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":  # compiled, or loaded from the cache
+            JAX_COUNTS["graphs"] += 1
+
+    def on_event(event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            JAX_COUNTS["cache_hits"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+
 
 if os.environ.get("KERAS_BACKEND") == "jax":
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    JAX_CACHE.update(jax_compilation_cache())
+    _count_jax_compilations()
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -77,9 +136,29 @@ def pin_precision() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    """Versions, precision flags, and the compilation cache of the backends that have one here."""
     name = backend()
     module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(name, "keras"))
-    return {"keras": keras.__version__, name: getattr(module, "__version__", "?"), **pin_precision()}
+    env = {"keras": keras.__version__, name: getattr(module, "__version__", "?"), **pin_precision()}
+    if name == "jax":
+        env.update(JAX_CACHE)
+    elif name == "torch":
+        from impls import torch as torch_impls
+
+        env.update(torch_impls.compilation_cache())
+    return env
+
+
+def compilations() -> dict[str, int]:
+    """The backend's running compilation counts (see `impls.torch.compilations`, `JAX_COUNTS`); {} on TensorFlow."""
+    name = backend()
+    if name == "jax":
+        return {"graphs": JAX_COUNTS["graphs"], "cache_hits": JAX_COUNTS["cache_hits"]}
+    if name == "torch":
+        from impls import torch as torch_impls
+
+        return torch_impls.compilations()
+    return {}
 
 
 #: The harness's device names as keras.device scopes. Tests point "cuda" at the
@@ -174,6 +253,13 @@ class KerasImplementation:
 
     def environment(self) -> dict[str, Any]:
         return environment()
+
+    def compiles_per_shape(self, mode: str) -> bool:
+        """The compiled mode compiles per shape on every backend; on JAX the eager mode does too."""
+        return mode != "eager" or backend() == "jax"
+
+    def compilations(self) -> dict[str, int]:
+        return compilations()
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> keras.layers.Layer:
         raise NotImplementedError

@@ -1,0 +1,193 @@
+"""Speed and scale of the suite, measured on the machine it runs on (see benchmarks/README.md).
+
+    python benchmarks/bench.py floor            # harness floor: NumPy checked against itself
+    python benchmarks/bench.py jobs             # the same eager cells with -j 1 and -j 2 (and -j N)
+    python benchmarks/bench.py keras-jax        # one Keras component, eager, on jax against tensorflow
+    python benchmarks/bench.py tox              # `tox` (the quick start) from a fresh clone of this checkout
+    python benchmarks/bench.py ci               # `.ci/run` from a fresh clone of this checkout
+
+Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
+with the machine's description. Run them one at a time on a quiet machine: they are
+wall-clock figures. Nothing here is a test; the figures are recorded, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "benchmarks" / "figures.jsonl"
+
+
+def machine() -> dict[str, Any]:
+    from conformance.engine import machine as cpu
+
+    return {**cpu(), "cpus": len(os.sched_getaffinity(0)), "memory_gib": round(
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)}
+
+
+def record(name: str, figures: dict[str, Any]) -> None:
+    line = {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), **figures}
+    print(json.dumps(line))
+    with FIGURES.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def timed(argv: list[str], **kwargs: Any) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        sys.exit(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return round(seconds, 1), proc
+
+
+def cells(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text())["cells"]
+
+
+def conformance(*args: str, env: dict[str, str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "conformance", *args]
+
+
+def bench_floor(args: argparse.Namespace) -> None:
+    """Examples per second for NumPy against itself, and the share of a cell spent outside the candidate."""
+    from conformance.engine import run_cell
+    from conformance.spec import find_spec_dir, load_spec
+    from impls import _describe
+    from impls.numpy.mha import Implementation
+
+    spent = [0.0]
+
+    class Timed(Implementation):
+        def build(self, config, *, dtype, device):
+            inner = super().build(config, dtype=dtype, device=device)
+
+            class Instance:
+                def load(self, weights):
+                    start = time.perf_counter()
+                    inner.load(weights)
+                    spent[0] += time.perf_counter() - start
+
+                def __call__(self, inputs):
+                    start = time.perf_counter()
+                    try:
+                        return inner(inputs)
+                    finally:
+                        spent[0] += time.perf_counter() - start
+
+            return Instance()
+
+    spec = load_spec(find_spec_dir() / "mha.md")
+    impl = _describe(Timed(), "bench:Timed", "plugin", default_name="Timed")
+    run_cell(spec, impl, "float64", "cpu", max_examples=20)  # warm up the imports
+    spent[0] = 0.0
+    cell = run_cell(spec, impl, "float64", "cpu", max_examples=args.examples)
+    record("floor", {"component": "mha", "dtype": "float64", "examples": cell.examples,
+                     "seconds": cell.seconds, "examples_per_second": round(cell.examples / cell.seconds, 1),
+                     "candidate_seconds": round(spent[0], 3),
+                     "share_outside_candidate": round(1 - spent[0] / cell.seconds, 3)})
+
+
+def bench_jobs(args: argparse.Namespace) -> None:
+    """The same eager CPU cells of every framework with -j 1 and -j 2 (and every CPU, if more)."""
+    cpus = len(os.sched_getaffinity(0))
+    figures: dict[str, Any] = {"cells": "eager, cpu, float64 and float32, numpy + torch + keras on every "
+                                        f"installed backend, --examples {args.examples}"}
+    verdicts = {}
+    for jobs in sorted({1, 2, cpus}):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "results.json"
+            seconds, _ = timed(conformance("run", "--mode", "eager", "--device", "cpu", "--dtype", "float64",
+                                           "--dtype", "float32", "--examples", str(args.examples), "-j",
+                                           str(jobs), "-o", str(out)), cwd=ROOT)
+            figures[f"seconds_j{jobs}"] = seconds
+            verdicts[jobs] = {(c["component"], c["implementation"], c["backend"], c["dtype"]): c["verdict"]
+                              for c in cells(out)}
+    figures["speedup_j2"] = round(figures["seconds_j1"] / figures["seconds_j2"], 2)
+    if cpus > 2:
+        figures[f"speedup_j{cpus}"] = round(figures["seconds_j1"] / figures[f"seconds_j{cpus}"], 2)
+    figures["same_verdicts"] = all(v == verdicts[1] for v in verdicts.values())
+    record("jobs", figures)
+
+
+def bench_keras_jax(args: argparse.Namespace) -> None:
+    """One Keras component, eager, default profile: the jax backend's time against tensorflow's."""
+    figures: dict[str, Any] = {"component": args.component, "dtype": "float32"}
+    for backend in ("tensorflow", "jax"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "results.json"
+            seconds, _ = timed(conformance("check", args.component, "--impl", "keras", "--backend", backend,
+                                           "--dtype", "float32", "--device", "cpu", "--mode", "eager", "-o",
+                                           str(out)), cwd=ROOT)
+            cell = cells(out)[0]
+            figures[f"{backend}_cell_seconds"] = cell["seconds"]
+            figures[f"{backend}_wall_seconds"] = seconds
+            figures[f"{backend}_verdict"] = cell["verdict"]
+    figures["ratio_jax_to_tensorflow"] = round(figures["jax_cell_seconds"] / figures["tensorflow_cell_seconds"], 2)
+    record("keras-jax", figures)
+
+
+def _fresh_clone(tmp: str) -> Path:
+    clone = Path(tmp) / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    return clone
+
+
+def bench_tox(args: argparse.Namespace) -> None:
+    """`tox` from a fresh clone: wall time, and the seconds its cells spent compiling."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = _fresh_clone(tmp)
+        seconds, proc = timed(["tox", *args.tox_args], cwd=clone)
+        found = [c for p in sorted((clone / "reports").glob("results-*.json")) for c in cells(p)]
+        record("tox", {"command": " ".join(["tox", *args.tox_args]), "seconds": seconds,
+                       "exit": proc.returncode, "cells": len(found),
+                       "cell_seconds": round(sum(c["seconds"] for c in found), 1),
+                       "compile_seconds": round(sum(c["compile_seconds"] for c in found), 1),
+                       "verdicts": {v: sum(c["verdict"] == v for c in found)
+                                    for v in sorted({c["verdict"] for c in found})}})
+
+
+def bench_ci(args: argparse.Namespace) -> None:
+    """`.ci/run` from a fresh clone, as CI runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = _fresh_clone(tmp)
+        seconds, proc = timed(["bash", ".ci/run"], cwd=clone, env={**os.environ, "CI": "true"})
+        tail = [line for line in proc.stdout.splitlines() if " passed" in line][-1:]
+        record("ci", {"seconds": seconds, "exit": proc.returncode, "pytest": tail[0] if tail else None})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="benchmark", required=True)
+    floor = sub.add_parser("floor")
+    floor.add_argument("--examples", type=int, default=1000)
+    floor.set_defaults(func=bench_floor)
+    jobs = sub.add_parser("jobs")
+    jobs.add_argument("--examples", type=int, default=25)
+    jobs.set_defaults(func=bench_jobs)
+    kj = sub.add_parser("keras-jax")
+    kj.add_argument("--component", default="mha")
+    kj.set_defaults(func=bench_keras_jax)
+    tox = sub.add_parser("tox")
+    tox.add_argument("tox_args", nargs="*", help="after --: arguments for tox")
+    tox.set_defaults(func=bench_tox)
+    ci = sub.add_parser("ci")
+    ci.set_defaults(func=bench_ci)
+    args = p.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
