@@ -436,11 +436,12 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
         interrupted = Interrupted(signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT, {})
     cells = [done[i] for i in range(len(tasks)) if i in done]
     if interrupted is None:
-        if args.output:
-            write_results(args.output, cells)
-        if book:
-            book.close(remove=True)
-        return cells, None
+        with _deferred_signals() as caught:  # every cell ran: the results are written whatever comes now
+            if args.output:
+                write_results(args.output, cells)
+            if book:
+                book.close(remove=True)
+        return cells, (128 + caught[0] if caught else None)
     if book:
         book.close()
     missing = [tasks[i].label for i in range(len(tasks)) if i not in done]
@@ -451,6 +452,22 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
           + (f", written to {args.output} marked incomplete; the rest: the same command with --resume"
              if args.output else ""), file=sys.stderr, flush=True)
     return cells, interrupted.exit_code
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Any:
+    """SIGINT and SIGTERM wait for the block to end; the list it gives holds the signals that came."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
