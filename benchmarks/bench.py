@@ -7,7 +7,8 @@
     python benchmarks/bench.py ci               # `.ci/run` from a fresh clone of this checkout
 
 Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
-with the machine's description. Run them one at a time on a quiet machine: they are
+with the machine's description and the compilation cache used (CONFORMANCE_CACHE_DIR;
+point it at an empty folder for a cold-cache figure). Run them one at a time on a quiet machine: they are
 wall-clock figures. Nothing here is a test; the figures are recorded, not asserted.
 """
 
@@ -38,7 +39,8 @@ def machine() -> dict[str, Any]:
 
 def record(name: str, figures: dict[str, Any]) -> None:
     line = {"benchmark": name, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), **figures}
+            "machine": machine(), "compilation_cache": os.environ.get("CONFORMANCE_CACHE_DIR", "default"),
+            **figures}
     print(json.dumps(line))
     with FIGURES.open("a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
