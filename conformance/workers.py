@@ -530,7 +530,11 @@ class Pool:
                 pending.remove(index)
                 self._start(w, index, jobs[index], failed, probing)
         while pending and len(self._workers) < self.jobs:
-            index = pending.popleft()
+            # a group no worker serves yet, costliest first: each framework is imported by as few workers as
+            # can keep every slot busy; a second worker joins a group only when no other group waits
+            served = {w.group for w in self._workers}
+            index = next((i for i in pending if group_of(i) not in served), pending[0])
+            pending.remove(index)
             group = group_of(index)
             w = self._spawn(group, dict(group[1]) if not probing else {})
             self._start(w, index, jobs[index], failed, probing)
