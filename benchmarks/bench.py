@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ def cells(path: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text())["cells"]
 
 
-def conformance(*args: str, env: dict[str, str] | None = None) -> list[str]:
+def conformance(*args: str) -> list[str]:
     return [sys.executable, "-m", "conformance", *args]
 
 

@@ -19,9 +19,8 @@ from typing import Any, Sequence
 from conformance.engine import CellResult, cells_of
 from conformance.results import format_cell, summary_line
 from conformance.spec import find_spec_dir, list_components, load_spec
-from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
-                                 resolve_ref)
-from impls import UsageError, builtins, keras_backend
+from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, resolve_ref
+from impls import UsageError, keras_backend
 
 
 def check(component: str, implementation: Any, *, dtypes: Sequence[str] | None = None,
@@ -39,9 +38,7 @@ def check(component: str, implementation: Any, *, dtypes: Sequence[str] | None =
     spec = load_spec(find_spec_dir() / f"{component}.md")
     with Pool(jobs=jobs or default_jobs(), limits=Limits(timeout, compile_timeout, cell_timeout)) as pool:
         if isinstance(implementation, str):
-            builtin = {r.name for r in builtins() if r.component == component}
-            probed = [] if ":" in implementation or implementation in builtin else entry_point_refs(pool)
-            impl = resolve_ref(pool, component, implementation, probed)
+            impl = resolve_ref(pool, component, implementation)
         else:
             impl = ImplRef.of_object(implementation)
             if impl.component != component:

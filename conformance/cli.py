@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 from conformance import deviations, journal, schedule
 from conformance.compare import DEFAULT_FACTOR, DEFAULT_FLOOR, compare, format_comparison
 from conformance.engine import CellResult, cells_of
-from conformance.generate import SCALE_EXPONENTS
+from conformance.atomic import check_output
+from conformance.generate import parse_example
 from conformance.merge import merge_documents
 from conformance.results import format_cell, header, summary_line, write_document, write_results
 from conformance.schema import load_results
@@ -313,69 +314,6 @@ def _check_run_args(args: argparse.Namespace) -> Limits:
     return Limits(example=args.timeout, compile=args.compile_timeout, cell=args.cell_timeout)
 
 
-def check_output(path: str, flag: str = "--output") -> None:
-    """An output file can be written: not a folder, its folder exists or can be made, and takes a file.
-
-    Checked before any work, so that a run never ends unable to write what it found."""
-    target = os.path.abspath(path)
-    if os.path.isdir(target):
-        raise UsageError(f"{flag} {path!r} is a directory; give a file path, e.g. {os.path.join(path, 'results.json')}")
-    folder = os.path.dirname(target)
-    parent = folder
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {path!r}: {parent!r} is a file, not a folder")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{flag} {path!r}: cannot make its folder {folder!r}: {e.strerror or e}") from None
-    import tempfile
-
-    try:  # a trial file of a megabyte: a read-only or full disk fails here, not after the run
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".probe") as f:
-            f.write(b"\0" * (1 << 20))
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise UsageError(f"{flag} {path!r} cannot be written: {e.strerror or e} in {folder!r}") from None
-
-
-def parse_example(spec: Spec, text: str) -> dict[str, Any]:
-    """--example as JSON: exactly the spec's parameters, `seed` and `scale_exp`, each in its domain."""
-    valid = [*spec.params, "scale_exp", "seed"]
-    try:
-        example = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"--example is not valid JSON: {e}") from None
-    except RecursionError:
-        raise UsageError("--example is not valid JSON: nested too deeply") from None
-    if not isinstance(example, dict):
-        raise UsageError(f"--example must be a JSON object with the keys {', '.join(valid)}; got "
-                         f"{type(example).__name__} {json.dumps(example)[:40]}")
-    missing = [k for k in valid if k not in example]
-    if missing:
-        raise UsageError(f"--example lacks {', '.join(missing)}")
-    unknown = [k for k in example if k not in valid]
-    if unknown:
-        raise UsageError(f"--example has unknown keys {', '.join(unknown)}; {spec.component} takes "
-                         f"{', '.join(valid)}")
-    domains: dict[str, Any] = {name: p.domain for name, p in spec.params.items()}
-    domains["scale_exp"], domains["seed"] = SCALE_EXPONENTS, range(0, 2**32)
-    for name, domain in domains.items():
-        value = example[name]
-        if isinstance(domain, range):
-            ok = type(value) is int and value in domain
-            shown = f"an integer in {domain.start}..{domain.stop - 1}"
-        else:
-            ok = any(type(value) is type(v) and value == v for v in domain) or (
-                type(value) in (int, float) and any(type(v) is float and value == v for v in domain))
-            shown = f"one of {', '.join(json.dumps(v) for v in domain)}"
-        if not ok:
-            raise UsageError(f"--example: {name} is {json.dumps(value)[:40]}; the spec's domain is {shown}")
-    return example
-
-
 def _tasks(specs: list[Spec], impls: list[ImplRef], args: argparse.Namespace, ledger: list,
            example: dict[str, Any] | None = None) -> list[CellTask]:
     """Every cell asked for; a Keras implementation's once per Keras backend."""
@@ -479,11 +417,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.output:
         check_output(args.output)
     with Pool(jobs=args.jobs, limits=limits) as pool:
-        probed = entry_point_refs(pool) if (":" not in args.impl and args.impl not in
-                                            {r.name for r in builtins() if r.component == spec.component}) \
-            or _ledger_names_others(ledger) else []
+        probed = entry_point_refs(pool) if _ledger_names_others(ledger) else None
         impl = resolve_ref(pool, spec.component, args.impl, probed)
-        _ledger(args.ledger, probed)
+        _ledger(args.ledger, probed or [])
         tasks = _tasks([spec], [impl], args, ledger, example)
         width = _column([impl])
         print(header(width), flush=True)

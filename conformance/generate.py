@@ -9,16 +9,19 @@ keeps drawing fast and a shrunk example short enough to paste into a command.
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, Mapping
 
 import numpy as np
 from hypothesis import strategies as st
 
 from conformance.spec import Param, Spec, evaluate
-from impls import numpy_dtype
+from impls import UsageError, numpy_dtype
 
 #: Orders of magnitude of float inputs, plainest first (hypothesis shrinks towards it).
 SCALE_EXPONENTS = (0, -1, 1, -2, -3)
+#: The seeds an example may have (NumPy's generator takes any of them).
+SEEDS = range(0, 2**32)
 
 
 def domain_strategy(param: Param) -> st.SearchStrategy:
@@ -53,7 +56,7 @@ def examples(spec: Spec, fixed: Mapping[str, Any] | None = None,
         fields = {name: st.just(fixed[name]) if name in fixed else domain_strategy(p)
                   for name, p in spec.params.items()}
     fields["scale_exp"] = st.sampled_from(SCALE_EXPONENTS)
-    fields["seed"] = st.integers(0, 2**32 - 1)
+    fields["seed"] = st.integers(SEEDS.start, SEEDS.stop - 1)
     drawn = st.fixed_dictionaries(fields)
     if groups is None:
         return drawn
@@ -136,3 +139,38 @@ def cast(arrays: Mapping[str, Any], dtype: str) -> dict[str, Any]:
 
 def is_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" or dtype == numpy_dtype("bfloat16")
+
+
+def parse_example(spec: Spec, text: str) -> dict[str, Any]:
+    """--example as JSON: exactly the spec's parameters, `seed` and `scale_exp`, each in its domain."""
+    valid = [*spec.params, "scale_exp", "seed"]
+    try:
+        example = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--example is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UsageError("--example is not valid JSON: nested too deeply") from None
+    if not isinstance(example, dict):
+        raise UsageError(f"--example must be a JSON object with the keys {', '.join(valid)}; got "
+                         f"{type(example).__name__} {json.dumps(example)[:40]}")
+    missing = [k for k in valid if k not in example]
+    if missing:
+        raise UsageError(f"--example lacks {', '.join(missing)}")
+    unknown = [k for k in example if k not in valid]
+    if unknown:
+        raise UsageError(f"--example has unknown keys {', '.join(unknown)}; {spec.component} takes "
+                         f"{', '.join(valid)}")
+    domains: dict[str, Any] = {name: p.domain for name, p in spec.params.items()}
+    domains["scale_exp"], domains["seed"] = SCALE_EXPONENTS, SEEDS
+    for name, domain in domains.items():
+        value = example[name]
+        if isinstance(domain, range):
+            ok = type(value) is int and value in domain
+            shown = f"an integer in {domain.start}..{domain.stop - 1}"
+        else:
+            ok = any(type(value) is type(v) and value == v for v in domain) or (
+                type(value) in (int, float) and any(type(v) is float and value == v for v in domain))
+            shown = f"one of {', '.join(json.dumps(v) for v in domain)}"
+        if not ok:
+            raise UsageError(f"--example: {name} is {json.dumps(value)[:40]}; the spec's domain is {shown}")
+    return example

@@ -22,9 +22,10 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from conformance.engine import COMPILED_SHAPES
+from conformance.merge import cell_key, key_label
 from conformance.workers import CellTask
 from impls import DTYPES, FRAMEWORK_LAYERS, UsageError
 
@@ -57,17 +58,13 @@ def _baseline() -> dict[tuple, float]:
     return found
 
 
-def _backend(task: CellTask) -> str | None:
-    return dict(task.env).get("KERAS_BACKEND") if task.impl.framework == "keras" else None
-
-
 def _gpu() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/kfd"))
 
 
 def _runs(task: CellTask) -> bool:
     """Whether the cell will run, as far as is known without importing anything."""
-    impl, backend = task.impl, _backend(task)
+    impl, backend = task.impl, task.backend
     modules = {"torch": ["torch"], "keras": ["keras", backend or "tensorflow"]}.get(impl.framework, [])
     if any(importlib.util.find_spec(m) is None for m in modules):
         return False
@@ -83,8 +80,8 @@ def static_cost(task: CellTask) -> float:
     """A cell's estimated seconds from the committed baseline and the tables above: the same on every machine."""
     if not _runs(task):
         return TRIVIAL
-    key = (task.impl.framework, _backend(task))
-    per_example = _baseline().get((task.spec.component, task.impl.label, _backend(task), task.dtype),
+    key = (task.impl.framework, task.backend)
+    per_example = _baseline().get((task.spec.component, task.impl.label, task.backend, task.dtype),
                                   PER_EXAMPLE.get(key, 0.1))
     cost = per_example * task.max_examples
     if task.mode != "eager":
@@ -98,14 +95,9 @@ def previous_costs(path: str | None) -> dict[str, float]:
         return {}
     try:
         cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-        return {_label(c): float(c["seconds"]) for c in cells}
+        return {key_label(cell_key(c)): float(c["seconds"]) for c in cells}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-
-
-def _label(cell: Mapping[str, Any]) -> str:
-    backend = f"[{cell['backend']}]" if cell.get("backend") else ""
-    return f"{cell['component']} {cell['implementation']}{backend} {cell['device']} {cell['mode']} {cell['dtype']}"
 
 
 def longest_first(tasks: Sequence[CellTask], previous: Mapping[str, float] | None = None) -> list[int]:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -42,6 +42,7 @@ import cloudpickle
 
 from conformance.deviations import Deviation
 from conformance.engine import CellResult, Event, machine, repro_command, run_cell
+from conformance.merge import key_label
 from conformance.spec import Spec
 from impls import (ENTRY_POINT_GROUP, Registered, UsageError, _describe, builtins, by_name, entry_point_targets,
                    load_target)
@@ -169,11 +170,14 @@ class CellTask:
         return self.impl.framework, self.env
 
     @property
+    def backend(self) -> str | None:
+        """The Keras backend its worker runs, as results record it (None for other frameworks)."""
+        return dict(self.env).get("KERAS_BACKEND") if self.impl.framework == "keras" else None
+
+    @property
     def label(self) -> str:
-        """The cell's slot as one line, as `merge.key_label` writes it: `mha keras[jax] cpu eager float32`."""
-        backend = dict(self.env).get("KERAS_BACKEND") if self.impl.framework == "keras" else None
-        return f"{self.spec.component} {self.impl.label}{f'[{backend}]' if backend else ''} " \
-               f"{self.device} {self.mode} {self.dtype}"
+        """The cell's slot as one line, as results files name it: `mha keras[jax] cpu eager float32`."""
+        return key_label((self.spec.component, self.impl.label, self.backend, self.device, self.mode, self.dtype))
 
 
 @dataclass(frozen=True)
@@ -469,8 +473,7 @@ class Pool:
         return [done[i] for i in range(len(tasks))]
 
     def _error_cell(self, task: CellTask, w: _Worker, what: str) -> CellResult:
-        cell = CellResult(task.spec.component, task.impl.label, task.impl.framework,
-                          dict(task.env).get("KERAS_BACKEND") if task.impl.framework == "keras" else None,
+        cell = CellResult(task.spec.component, task.impl.label, task.impl.framework, task.backend,
                           task.device, task.dtype, task.mode)
         drawn = w.example if w.example and "worked_example" not in w.example and not w.whole_cell else None
         cell.verdict, cell.reason = "error", f"{what} {where(w.example, w.loaded)}"
@@ -612,9 +615,10 @@ def entry_point_refs(pool: Pool) -> list[ImplRef]:
     return refs
 
 
-def resolve_ref(pool: Pool, component: str, name_or_target: str, probed: list[ImplRef]) -> ImplRef:
+def resolve_ref(pool: Pool, component: str, name_or_target: str, probed: list[ImplRef] | None = None) -> ImplRef:
     """A registered implementation by name, or a plug-in given as module:attr / file.py:attr (imported in a
-    worker); `probed` are the entry points, as `entry_point_refs` found them."""
+    worker); `probed` are the entry points, as `entry_point_refs` found them: when not given, they are
+    imported only for a name that is not built in."""
     if ":" in name_or_target:
         attr = name_or_target.rpartition(":")[2]
         d = pool.probe([Probe(name_or_target, "plugin", attr)])[0]
@@ -623,4 +627,8 @@ def resolve_ref(pool: Pool, component: str, name_or_target: str, probed: list[Im
         if d["component"] != component:
             raise UsageError(f"{name_or_target!r} implements {d['component']!r}, not {component!r}")
         return ImplRef(component, d["name"], d["framework"], name_or_target, "plugin")
-    return by_name(component, name_or_target, [ImplRef.of(r) for r in builtins()] + probed)
+    known = [ImplRef.of(r) for r in builtins()]
+    if probed is None:
+        probed = [] if any(r.name == name_or_target and r.component == component for r in known) \
+            else entry_point_refs(pool)
+    return by_name(component, name_or_target, known + probed)
