@@ -349,10 +349,8 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
             done = journal.read(path, identity)
             print(f"resuming: {len(done)} of {len(tasks)} cells already done ({path})", flush=True)
         book = journal.Journal(path, identity, done)
-    pending = [i for i in range(len(tasks)) if i not in done]
-    previous = schedule.previous_costs(args.output)  # an earlier run's seconds per cell, for the order
-    todo = [pending[j] for j in schedule.longest_first([tasks[i] for i in pending], previous)]
     total = len(tasks)
+    todo: list[int] = []
 
     def finished(j: int, cell: CellResult) -> None:
         done[todo[j]] = cell
@@ -366,11 +364,14 @@ def _execute(pool: Pool, tasks: list[CellTask], args: argparse.Namespace, width:
 
     pool.on_status = status
     interrupted = None
-    try:
+    try:  # from the journal's start: a signal at any moment now leaves a results file
+        pending = [i for i in range(len(tasks)) if i not in done]
+        previous = schedule.previous_costs(args.output)  # an earlier run's seconds per cell, for the order
+        todo += [pending[j] for j in schedule.longest_first([tasks[i] for i in pending], previous)]
         pool.run([tasks[i] for i in todo], on_result=finished)
     except Interrupted as e:
         interrupted = e
-    except KeyboardInterrupt as e:  # a signal just before the workers' signal handlers were in place
+    except KeyboardInterrupt as e:  # a signal before the workers' signal handlers were in place
         interrupted = Interrupted(signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT, {})
     cells = [done[i] for i in range(len(tasks)) if i in done]
     if interrupted is None:
