@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,22 +141,44 @@ def bench_keras_jax(args: argparse.Namespace) -> None:
     record("keras-jax", figures)
 
 
-def _fresh_clone(tmp: str) -> Path:
-    clone = Path(tmp) / "clone"
+def _fresh_clone(tmp: str, at: str | None) -> Path:
+    """A fresh clone of HEAD, in a new temporary folder or, with --at, at that path (removed first).
+
+    A fixed path is what a CI runner has (its workspace path does not change
+    between runs), and torch's kernel cache keys on the compiler's command
+    line, which names the tox environment's folder: only at a fixed path can a
+    fresh clone reuse the kernels an earlier run compiled.
+    """
+    clone = Path(at) if at else Path(tmp) / "clone"
+    if at:
+        shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     return clone
+
+
+def _by_framework(found: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Cell and compile seconds per framework (Keras per backend) and mode."""
+    out: dict[str, dict[str, float]] = {}
+    for c in found:
+        key = f"{c['framework']}{'[' + c['backend'] + ']' if c['framework'] == 'keras' and c.get('backend') else ''} {c['mode']}"
+        row = out.setdefault(key, {"cells": 0, "seconds": 0.0, "compile_seconds": 0.0})
+        row["cells"] += c["verdict"] in ("conformant", "known-deviation", "non-conformant", "error")
+        row["seconds"] = round(row["seconds"] + c["seconds"], 1)
+        row["compile_seconds"] = round(row["compile_seconds"] + c["compile_seconds"], 1)
+    return out
 
 
 def bench_tox(args: argparse.Namespace) -> None:
     """`tox` from a fresh clone: wall time, and the seconds its cells spent compiling."""
     with tempfile.TemporaryDirectory() as tmp:
-        clone = _fresh_clone(tmp)
+        clone = _fresh_clone(tmp, args.at)
         seconds, proc = timed(["tox", *args.tox_args], cwd=clone)
         found = [c for p in sorted((clone / "reports").glob("results-*.json")) for c in cells(p)]
-        record("tox", {"command": " ".join(["tox", *args.tox_args]), "seconds": seconds,
-                       "exit": proc.returncode, "cells": len(found),
+        record("tox", {"command": " ".join(["tox", *args.tox_args]), "clone": args.at or "temporary folder",
+                       "seconds": seconds, "exit": proc.returncode, "cells": len(found),
                        "cell_seconds": round(sum(c["seconds"] for c in found), 1),
                        "compile_seconds": round(sum(c["compile_seconds"] for c in found), 1),
+                       "by_framework": _by_framework(found),
                        "verdicts": {v: sum(c["verdict"] == v for c in found)
                                     for v in sorted({c["verdict"] for c in found})}})
 
@@ -163,10 +186,11 @@ def bench_tox(args: argparse.Namespace) -> None:
 def bench_ci(args: argparse.Namespace) -> None:
     """`.ci/run` from a fresh clone, as CI runs it."""
     with tempfile.TemporaryDirectory() as tmp:
-        clone = _fresh_clone(tmp)
+        clone = _fresh_clone(tmp, args.at)
         seconds, proc = timed(["bash", ".ci/run"], cwd=clone, env={**os.environ, "CI": "true"})
         tail = [line for line in proc.stdout.splitlines() if " passed" in line][-1:]
-        record("ci", {"seconds": seconds, "exit": proc.returncode, "pytest": tail[0] if tail else None})
+        record("ci", {"seconds": seconds, "exit": proc.returncode, "clone": args.at or "temporary folder",
+                      "pytest": tail[0] if tail else None})
 
 
 def main() -> None:
@@ -182,9 +206,11 @@ def main() -> None:
     kj.add_argument("--component", default="mha")
     kj.set_defaults(func=bench_keras_jax)
     tox = sub.add_parser("tox")
+    tox.add_argument("--at", help="clone at this fixed path (removed first) rather than a temporary folder")
     tox.add_argument("tox_args", nargs="*", help="after --: arguments for tox")
     tox.set_defaults(func=bench_tox)
     ci = sub.add_parser("ci")
+    ci.add_argument("--at", help="clone at this fixed path (removed first) rather than a temporary folder")
     ci.set_defaults(func=bench_ci)
     args = p.parse_args()
     args.func(args)

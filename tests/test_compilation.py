@@ -3,7 +3,7 @@
 An implementation whose eager mode compiles per shape (Keras on JAX) gets a
 few shapes per cell drawn up front, as compiled cells do (spec/README.md,
 "Which shapes a cell reaches"); compiled torch cells compile once per shape
-group; torch's and JAX's persistent caches live under CONFORMANCE_CACHE_DIR,
+group; the persistent caches of torch, JAX and XLA on TensorFlow live under CONFORMANCE_CACHE_DIR,
 and every cell records where, or "off".
 """
 
@@ -199,3 +199,31 @@ def test_compiled_torch_cells_conform_with_one_graph_per_shape_and_reuse_the_cac
     assert again["verdict"] == "conformant" and again["max_ratio"] == first["max_ratio"]
     assert again["framework_compiles"] == {"graphs": again["compiles"], "cache_hits": again["compiles"]}
     assert again["compile_seconds"] < first["compile_seconds"]
+
+
+tensorflow_installed = all(importlib.util.find_spec(m) is not None for m in ("keras", "tensorflow"))
+
+
+@pytest.mark.skipif(not tensorflow_installed, reason="Keras or TensorFlow is not installed")
+def test_compiled_keras_cells_on_tensorflow_keep_their_xla_programs(tmp_path):
+    """XLA's persistent cache (TF_XLA_FLAGS) under CONFORMANCE_CACHE_DIR: written by a first run, recorded,
+    the same verdict and errors on a rerun, and neither written nor named when the cache is off."""
+    env = {"KERAS_BACKEND": "tensorflow", CACHE_VARIABLE: str(tmp_path), "TF_XLA_FLAGS": ""}
+    first = run_in_process(["ffn", "keras", "float32", "compiled", 6], env)
+    assert first["verdict"] == "conformant", first["reason"]
+    assert first["environment"]["compilation_cache"] == str(tmp_path / "tensorflow")
+    programs = sorted(p.name for p in (tmp_path / "tensorflow").iterdir())
+    assert programs and all(name.endswith(".pb") for name in programs)
+
+    again = run_in_process(["ffn", "keras", "float32", "compiled", 6], env)
+    assert (again["verdict"], again["max_ratio"]) == (first["verdict"], first["max_ratio"])
+    assert sorted(p.name for p in (tmp_path / "tensorflow").iterdir()) == programs  # loaded, not compiled anew
+
+    off = run_in_process(["ffn", "keras", "float32", "compiled", 3], {**env, CACHE_VARIABLE: "off",
+                                                                      "XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert off["environment"]["compilation_cache"] == "off" and not (tmp_path / "xdg").exists()
+
+    mine = tmp_path / "mine"
+    chosen = run_in_process(["ffn", "keras", "float32", "compiled", 3],
+                            {**env, "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={mine}"})
+    assert chosen["environment"]["compilation_cache"] == str(mine) and any(mine.iterdir())

@@ -8,7 +8,8 @@ reduced-precision matmuls are switched off for every backend (`pin_precision`).
 JAX compiles every operation for each new input shape, in the eager mode too,
 so there both modes say they compile per shape (`compiles_per_shape`) and the
 harness draws a few shapes per cell. JAX's persistent compilation cache is
-switched on here, also before anything compiles (`jax_compilation_cache`); on
+switched on here, also before anything compiles (`jax_compilation_cache`), and
+so is TensorFlow's for its XLA programs (`tensorflow_compilation_cache`); on
 the torch backend the compiled mode uses torch's (impls/torch).
 
 Each component module defines its layer and a `load_canonical(layer, weights)`
@@ -30,8 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 #: JAX's compilations in this process, counted from its monitoring events: "graphs" (XLA programs compiled
 #: or loaded from the persistent cache) and "cache_hits" (those loaded).
 JAX_COUNTS: collections.Counter = collections.Counter()
-#: What `jax_compilation_cache` set, for the environment; empty on other backends.
-JAX_CACHE: dict[str, Any] = {}
+#: What `jax_compilation_cache` or `tensorflow_compilation_cache` set, for the environment; empty on torch.
+CACHE: dict[str, Any] = {}
 
 
 def jax_compilation_cache() -> dict[str, Any]:
@@ -59,6 +60,26 @@ def jax_compilation_cache() -> dict[str, Any]:
             "jax_persistent_cache_min_compile_time_secs": jax.config.jax_persistent_cache_min_compile_time_secs}
 
 
+def tensorflow_compilation_cache() -> dict[str, Any]:
+    """Point XLA's persistent cache (the compiled mode's `jit_compile=True`) at our folder; what to record.
+
+    TensorFlow reads TF_XLA_FLAGS once, when it first compiles, so this runs
+    before Keras imports it. The cache keys a program on its XLA computation
+    and the device type, so a hit is what a fresh compilation would produce.
+    A folder already named in TF_XLA_FLAGS is left as the user set it.
+    """
+    folder = compilation_cache_dir("tensorflow")
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    given = [f.split("=", 1)[1] for f in flags.split() if f.startswith("--tf_xla_persistent_cache_directory=")]
+    if given:
+        return {"compilation_cache": given[-1]}
+    if folder is None:
+        return {"compilation_cache": "off"}
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={folder}".strip()
+    return {"compilation_cache": str(folder)}
+
+
 def _count_jax_compilations() -> None:
     """Count JAX's compilations and persistent-cache hits from its monitoring events, once per process."""
     import jax
@@ -79,8 +100,10 @@ if os.environ.get("KERAS_BACKEND") == "jax":
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    JAX_CACHE.update(jax_compilation_cache())
+    CACHE.update(jax_compilation_cache())
     _count_jax_compilations()
+elif os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
+    CACHE.update(tensorflow_compilation_cache())
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -140,8 +163,8 @@ def environment() -> dict[str, Any]:
     name = backend()
     module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(name, "keras"))
     env = {"keras": keras.__version__, name: getattr(module, "__version__", "?"), **pin_precision()}
-    if name == "jax":
-        env.update(JAX_CACHE)
+    if name in ("jax", "tensorflow"):
+        env.update(CACHE)
     elif name == "torch":
         from impls import torch as torch_impls
 
