@@ -67,7 +67,7 @@ def bench_floor(args: argparse.Namespace) -> None:
     """Examples per second for NumPy against itself, and the share of a cell spent outside the candidate."""
     from conformance.engine import run_cell
     from conformance.spec import find_spec_dir, load_spec
-    from impls import _describe
+    from conformance.registry import _describe
     from impls.numpy.mha import Implementation
 
     spent = [0.0]

@@ -20,7 +20,8 @@ from conformance.engine import CellResult, cells_of
 from conformance.results import format_cell, summary_line
 from conformance.spec import find_spec_dir, list_components, load_spec
 from conformance.workers import CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, resolve_ref
-from impls import UsageError, keras_backend
+from conformance.vocabulary import UsageError, Verdict
+from conformance.registry import keras_backend
 
 
 def check(component: str, implementation: Any, *, dtypes: Sequence[str] | None = None,
@@ -58,8 +59,8 @@ def assert_conformant(component: str, implementation: Any, **kwargs: Any) -> lis
     Cells that cannot run here (unsupported, not-available) are returned, not failures;
     at least one cell must have run."""
     cells = check(component, implementation, **kwargs)
-    ran = [c for c in cells if c.verdict not in ("unsupported", "not-available")]
-    bad = [c for c in ran if c.verdict != "conformant"]
+    ran = [c for c in cells if Verdict(c.verdict).ran]
+    bad = [c for c in ran if c.verdict != Verdict.CONFORMANT]
     if bad or not ran:
         raise AssertionError("\n".join(format_cell(c) for c in bad)
                              or f"no cell could run here: {summary_line(cells)}")

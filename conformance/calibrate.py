@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from conformance.vocabulary import impl_label, Verdict
 
 
 def label(cell: dict) -> str:
-    impl = cell["implementation"] + (f"[{cell['backend']}]" if cell["backend"] else "")
+    impl = impl_label(cell["implementation"], cell["backend"])
     return f"{impl} {cell['mode']} ({cell['examples']} examples)"
 
 
@@ -28,7 +29,7 @@ def main(paths: list[str]) -> int:
     for path in paths:
         with open(path, encoding="utf-8") as f:
             for c in json.load(f)["cells"]:
-                if c["verdict"] != "conformant" or c["max_ratio"] is None:
+                if c["verdict"] != Verdict.CONFORMANT or c["max_ratio"] is None:
                     continue
                 rows[c["dtype"]][c["component"]].append((c["max_ratio"] * c["k"], label(c)))
     for dtype, components in sorted(rows.items()):

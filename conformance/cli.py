@@ -28,7 +28,8 @@ from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
 from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
                                  resolve_ref)
-from impls import DEVICES, DTYPES, KERAS_BACKENDS, MODES, Registered, UsageError, builtins, registry
+from conformance.vocabulary import DEVICES, DTYPES, impl_label, KERAS_BACKENDS, MODES, UsageError, Verdict
+from conformance.registry import builtins, Registered, registry
 
 #: Examples per cell for each profile; --examples overrides.
 PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
@@ -217,10 +218,10 @@ def _check_axes(args: argparse.Namespace) -> None:
 
 def _exit_code(cells: list[CellResult]) -> int:
     """0 when something ran and nothing failed; cells that cannot run here and known deviations are not failures."""
-    ran = [c for c in cells if c.verdict not in ("unsupported", "not-available")]
+    ran = [c for c in cells if Verdict(c.verdict).ran]
     if not ran:
         print("nothing ran: every cell asked for is unsupported or not available here", file=sys.stderr)
-    return 0 if ran and all(c.verdict in ("conformant", "known-deviation") for c in ran) else 1
+    return 0 if ran and not any(Verdict(c.verdict).failed for c in ran) else 1
 
 
 def _examples(args: argparse.Namespace) -> int:
@@ -240,7 +241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"spec directory: {find_spec_dir()}")
-    label = {id(row): row["name"] + (f"[{row['backend']}]" if row["backend"] else "") for row in rows}
+    label = {id(row): impl_label(row["name"], row["backend"]) for row in rows}
     width = max([20, *map(len, label.values())])
     for c in components:
         spec = load_spec(find_spec_dir() / f"{c}.md")
@@ -287,8 +288,10 @@ def _ledger(path: str, probed: list[ImplRef] | None = None) -> list:
     if not os.path.exists(path) or os.path.isdir(path):  # /dev/null is a fine empty ledger
         raise UsageError(f"no ledger file {path!r} (--ledger)")
     ledger = deviations.load(path)
+    components = list_components()
     if os.environ.get("CONFORMANCE_SPEC_DIR"):  # a folder of some specs: entries for the others do not apply
-        ledger = [d for d in ledger if d.component in list_components()]
+        ledger = [d for d in ledger if d.component in components]
+    deviations.check_sections(ledger, {c: load_spec(find_spec_dir() / f"{c}.md") for c in components})
     if probed is not None:
         deviations.check_names(ledger, [*builtins(), *probed])
     return ledger
@@ -500,10 +503,27 @@ def _results_files(paths: list[str]) -> list[str]:
     return found
 
 
+def _check_spec_url(url: str | None) -> None:
+    """--spec-url goes into every section link of the page: an http(s) address or a relative path, nothing
+    that a browser would run or open elsewhere (javascript:, data:, file:)."""
+    if url is None:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return
+    if not parts.scheme and not parts.netloc and url.strip() == url and url:
+        return
+    raise UsageError(f"--spec-url {url!r} is not an http(s) URL or a relative path; "
+                     "give e.g. https://github.com/ORG/REPO/blob/main/spec or ../spec")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from conformance.report import write_report  # jinja2 and the report's helpers, only when asked for
 
     _thresholds(args)
+    _check_spec_url(args.spec_url)
     check_output(args.output)
     written = write_report(_results_files(args.files), args.output, baseline=args.baseline, spec_url=args.spec_url,
                            factor=args.factor, floor=args.floor)

@@ -18,19 +18,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from conformance.merge import Key, key_label, slots
+from conformance.merge import slots
+from conformance.vocabulary import Slot, Verdict
 
 DEFAULT_FACTOR = 2.0
 DEFAULT_FLOOR = 1e-3
-_FAILED = ("non-conformant", "error")
-_DID_NOT_RUN = ("unsupported", "not-available")
+_FAILED = (Verdict.NON_CONFORMANT, Verdict.ERROR)
+_DID_NOT_RUN = (Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE)
 #: At most this many slots are named when a whole group is only in one of the two documents.
 _NAMED = 5
 
 
 @dataclass
 class Change:
-    key: Key
+    key: Slot
     kind: str  # "regression", "improvement" or "note"
     what: str
 
@@ -41,9 +42,9 @@ class Comparison:
     floor: float
     compared: int = 0
     changes: list[Change] = field(default_factory=list)
-    only_baseline: list[Key] = field(default_factory=list)
+    only_baseline: list[Slot] = field(default_factory=list)
     incomplete: dict[str, Any] = field(default_factory=dict)  # "baseline"/"current" -> that file's `incomplete`
-    only_current: list[Key] = field(default_factory=list)
+    only_current: list[Slot] = field(default_factory=list)
 
     def of_kind(self, kind: str) -> list[Change]:
         return [c for c in self.changes if c.kind == kind]
@@ -52,10 +53,10 @@ class Comparison:
     def regressions(self) -> list[Change]:
         return self.of_kind("regression")
 
-    def by_key(self) -> dict[Key, Change]:
+    def by_key(self) -> dict[Slot, Change]:
         """The most important change of each slot (a regression over anything else)."""
         order = {"regression": 0, "improvement": 1, "note": 2}
-        found: dict[Key, Change] = {}
+        found: dict[Slot, Change] = {}
         for c in sorted(self.changes, key=lambda c: order[c.kind]):
             found.setdefault(c.key, c)
         return found
@@ -112,19 +113,19 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float 
 def _change(was: dict[str, Any], now: dict[str, Any], factor: float, floor: float) -> tuple[str, str] | None:
     """(kind, text) for one slot, or None when nothing worth saying changed."""
     v0, v1 = was["verdict"], now["verdict"]
-    if v0 == "conformant" and v1 in (*_FAILED, "unsupported", "known-deviation"):
+    if v0 == Verdict.CONFORMANT and v1 in (*_FAILED, Verdict.UNSUPPORTED, Verdict.KNOWN_DEVIATION):
         return "regression", f"was conformant, now {v1}: {now['reason']}"
     if v1 in _FAILED and v0 not in _FAILED:
         return "regression", f"now {v1} (was {v0}): {now['reason']}"
     if v1 in _FAILED and reason_class(now) != reason_class(was):
         return "regression", f"new kind of failure: {reason_class(now)} (was {reason_class(was)}): {now['reason']}"
-    if v0 in _FAILED and v1 == "conformant":
+    if v0 in _FAILED and v1 == Verdict.CONFORMANT:
         return "improvement", f"was {v0}, now conformant"
-    if v0 in _DID_NOT_RUN and v1 == "conformant":
+    if v0 in _DID_NOT_RUN and v1 == Verdict.CONFORMANT:
         return "improvement", f"now runs and is conformant (was {v0})"
-    if v0 == "conformant" and v1 == "not-available":
+    if v0 == Verdict.CONFORMANT and v1 == Verdict.NOT_AVAILABLE:
         return "note", f"not compared: conformant in the baseline, not available now ({now['reason']})"
-    if v0 == v1 == "conformant":
+    if v0 == v1 == Verdict.CONFORMANT:
         r0, r1 = _ratio(was), _ratio(now)
         grew = f"largest error/budget {r0:.3g} -> {r1:.3g}"
         if r1 > factor * max(r0, floor):
@@ -144,10 +145,10 @@ def format_comparison(result: Comparison, baseline: str, current: str) -> str:
              f"(factor {result.factor:g}, floor {result.floor:g})"]
     heads = {"regression": "REGRESSION ", "improvement": "improvement", "note": "note       "}
     for kind in ("regression", "improvement", "note"):
-        lines += [f"{heads[kind]} {key_label(c.key)}: {c.what}" for c in result.of_kind(kind)]
+        lines += [f"{heads[kind]} {c.key.label}: {c.what}" for c in result.of_kind(kind)]
     for keys, where in ((result.only_baseline, "only in the baseline"), (result.only_current, "only in current")):
         if keys:
-            named = ", ".join(key_label(k) for k in keys[:_NAMED]) + (", ..." if len(keys) > _NAMED else "")
+            named = ", ".join(k.label for k in keys[:_NAMED]) + (", ..." if len(keys) > _NAMED else "")
             lines.append(f"note        {len(keys)} slot(s) {where}, not compared: {named}")
     for name, path in (("baseline", baseline), ("current", current)):
         if name in result.incomplete:

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from impls import DEVICES, DTYPES, MODES, UsageError
+from conformance.vocabulary import DEVICES, DTYPES, MODES, UsageError
 
 LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
 
@@ -195,6 +195,16 @@ def entries_for(ledger: list[Deviation], component: str, implementation: str, *,
     """The entries that cover one cell."""
     return [d for d in ledger if d.component == component and d.implementation == implementation
             and d.applies(dtype=dtype, backend=backend, device=device, mode=mode)]
+
+
+def check_sections(ledger: list[Deviation], specs: dict[str, Any]) -> None:
+    """Every section an entry names exists in its component's spec (`specs`: component -> Spec)."""
+    for d in ledger:
+        spec = specs.get(d.component)
+        missing = [s for s in d.sections if spec is not None and s not in spec.sections]
+        if missing:
+            raise LedgerError(f"ledger entry {d.id!r} names section {', '.join(missing)} of {d.component}, "
+                              f"which {spec.path} does not have; its sections: {', '.join(spec.sections)}")
 
 
 def check_names(ledger: list[Deviation], registered: list[Any]) -> None:

@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import platform
 import random
 import shlex
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
@@ -36,15 +38,28 @@ from hypothesis import seed as hypothesis_seed
 
 from conformance import deviations, generate, tolerances
 from conformance.deviations import Deviation
-from conformance.spec import Example, Spec, evaluate
-from impls import DEVICES, DTYPES, MODES, Registered, numpy_dtype
+from conformance.spec import Example, Spec, Tensor, evaluate
+from conformance.registry import Registered
+from conformance.vocabulary import DEVICES, DTYPES, MODES, numpy_dtype, Verdict
+from impls import compilation_cache_dir
 
-#: conformant and non-conformant are the answers; known-deviation: conformant except on
-#: examples that a ledger entry (spec/deviations.toml) covers, where it still deviates as
-#: recorded; unsupported: the implementation does not offer this dtype or mode (or any of the
-#: drawn layer configs); not-available: this machine lacks the device or framework; error:
-#: the harness could not run the cell.
-VERDICTS = ("conformant", "known-deviation", "non-conformant", "unsupported", "not-available", "error")
+
+def _keep_hypothesis_files_out_of_the_working_folder() -> None:
+    """Hypothesis writes a cache of the constants in local code under ./.hypothesis even with its
+    database off; point it at our cache folder (or a temporary one when that is off) unless the
+    user chose a place with HYPOTHESIS_STORAGE_DIRECTORY."""
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    folder = compilation_cache_dir("hypothesis")
+    if folder is None:
+        folder = Path(tempfile.gettempdir()) / f"nn-conformance-hypothesis-{os.getuid()}"
+    set_hypothesis_home_dir(folder)
+
+
+_keep_hypothesis_files_out_of_the_working_folder()
+
 #: Shapes per cell where each new shape compiles (`Registered.compiles_per_shape`), at least one per
 #: stratum. The same number serves both modes; a new shape costs more in the eager mode, where Keras on JAX
 #: compiles each operation of the call (mha in float32 on a 2-core CPU: 22 XLA programs, 0.6 s a shape,
@@ -107,7 +122,7 @@ class CellResult:
     device: str
     dtype: str
     mode: str = "eager"
-    verdict: str = "error"
+    verdict: Verdict = Verdict.ERROR
     examples: int = 0
     seconds: float = 0.0  # wall time of the whole cell
     compile_seconds: float = 0.0  # of which first calls per input shape, where shapes compile
@@ -137,12 +152,13 @@ class CellResult:
     environment: dict[str, Any] = field(default_factory=dict)  # framework versions, precision flags
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "verdict": Verdict(self.verdict).value}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "CellResult":
         """A cell as `to_json` gave it (fields this version does not know, such as a file's `env`, are left out)."""
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        known = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**{**known, "verdict": Verdict(known.get("verdict", Verdict.ERROR))})
 
 
 class Samples:
@@ -283,66 +299,104 @@ class Runner:
 
         env = {**example, **diagnostics}
         errors, budgets, tolerance = {}, {}, {}
-        if not isinstance(got, Mapping):
-            raise NonConformance(f"returned {type(got).__name__}, expected a dict of outputs "
-                                 f"{', '.join(self.spec.outputs)}", ("4",))
+        check_returns_outputs(got, self.spec)
         # float outputs first: a greedy comparison needs its logits' tolerance
         compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
         for out in sorted(compared, key=lambda o: o.dtype != "float"):
-            name, sections = out.name, out.sections
-            if name not in got:
-                raise NonConformance(f"output {name!r} missing; returned {sorted(got)}", sections, name)
-            try:
-                value = np.asarray(got[name])
-            except Exception as e:
-                raise NonConformance(f"output {name!r} is not array-like: {_describe_exception(e)}", sections, name)
-            want = self.spec.shape_of(out, example)
-            if value.shape != want:
-                raise NonConformance(f"output {name!r} has shape {value.shape}, expected {want}", sections, name)
+            value = output_array(got, out)
+            check_shape(out, value, self.spec.shape_of(out, example))
             if out.dtype in ("int", "bool"):
-                if value.dtype.kind not in ("iu" if out.dtype == "int" else "b"):
-                    expected = "an integer dtype" if out.dtype == "int" else "bool"
-                    raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected {expected}",
-                                         sections, name)
-                self._compare_tokens(out, value, reference[name], diagnostics, tolerance)
+                check_token_dtype(out, value)
+                check_tokens(out, value, reference[out.name], diagnostics, tolerance)
                 continue
-            if value.dtype != numpy_dtype(self.dtype):
-                raise NonConformance(f"output {name!r} has dtype {value.dtype}, expected {self.dtype}",
-                                     sections, name)
-            if not np.all(np.isfinite(value)):
-                bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-                raise NonConformance(f"output {name!r} has {bad} non-finite values (NaN or Inf) "
-                                     f"where the spec says finite", sections, name)
-            scale_expr, growth_expr = self.spec.budgets[name]
-            scale = float(evaluate(scale_expr, env))
-            errors[name] = tolerances.error_in_eps(value, reference[name], self.dtype, scale)
-            budgets[name] = tolerances.K[self.dtype] * float(evaluate(growth_expr, env))
-            tolerance[name] = budgets[name] * tolerances.EPS[self.dtype] * scale  # the same budget, absolute
-            if not errors[name] <= budgets[name]:
-                raise NonConformance(
-                    f"output {name!r} differs from the reference by {errors[name]:.4g} eps, "
-                    f"budget {budgets[name]:.4g} eps ({_worst_element(value, reference[name])})",
-                    sections, name)
+            check_float_dtype(out, value, self.dtype)
+            check_finite(out, value)
+            errors[out.name], budgets[out.name], tolerance[out.name] = check_within_budget(
+                out, value, reference[out.name], self.dtype, self.spec.budgets[out.name], env)
         return Outcome(errors, budgets)
 
-    def _compare_tokens(self, out, value: np.ndarray, reference: np.ndarray, diagnostics: Mapping[str, Any],
-                        tolerance: Mapping[str, float]) -> None:
-        """Integer outputs match exactly; a greedy(logits) output only up to each row's first near tie.
 
-        At a step where the reference's best and second-best logits are within twice the
-        logits' absolute tolerance, a correct implementation may pick either token, and
-        every later step depends on that pick, so the row is compared before it only.
-        """
-        compared = np.ones(value.shape, dtype=bool)
-        if out.compare.startswith("greedy("):
-            margin = np.asarray(diagnostics[f"{out.name}_margin"])  # (..., steps)
-            near_tie = margin <= 2 * tolerance[out.compare[len("greedy("):-1]]
-            compared = np.cumsum(near_tie, axis=-1) == 0
-        differs = compared & (value != reference)
-        if differs.any():
-            idx = tuple(int(i) for i in np.argwhere(differs)[0])
-            raise NonConformance(f"output {out.name!r} differs at index {idx}: got {value[idx]}, "
-                                 f"reference {reference[idx]}", out.sections, out.name)
+# --- the checks of one example's outputs, each a rule of the spec's output table ---------
+# Each raises NonConformance naming the output and the sections its row names.
+
+def check_returns_outputs(got: Any, spec: Spec) -> None:
+    """The call returns a mapping from output names to arrays (§4 of every spec: the outputs)."""
+    if not isinstance(got, Mapping):
+        raise NonConformance(f"returned {type(got).__name__}, expected a dict of outputs "
+                             f"{', '.join(spec.outputs)}", ("4",))
+
+
+def output_array(got: Mapping[str, Any], out: Tensor) -> np.ndarray:
+    """The output is present and array-like."""
+    if out.name not in got:
+        raise NonConformance(f"output {out.name!r} missing; returned {sorted(got)}", out.sections, out.name)
+    try:
+        return np.asarray(got[out.name])
+    except Exception as e:
+        raise NonConformance(f"output {out.name!r} is not array-like: {_describe_exception(e)}",
+                             out.sections, out.name) from None
+
+
+def check_shape(out: Tensor, value: np.ndarray, want: tuple[int, ...]) -> None:
+    """The output has the shape its row gives, evaluated for the example."""
+    if value.shape != want:
+        raise NonConformance(f"output {out.name!r} has shape {value.shape}, expected {want}", out.sections, out.name)
+
+
+def check_token_dtype(out: Tensor, value: np.ndarray) -> None:
+    """An int output has an integer dtype, a bool output bool."""
+    if value.dtype.kind not in ("iu" if out.dtype == "int" else "b"):
+        expected = "an integer dtype" if out.dtype == "int" else "bool"
+        raise NonConformance(f"output {out.name!r} has dtype {value.dtype}, expected {expected}",
+                             out.sections, out.name)
+
+
+def check_float_dtype(out: Tensor, value: np.ndarray, dtype: str) -> None:
+    """A float output has the cell's dtype: a layer does not compute in another precision and cast back."""
+    if value.dtype != numpy_dtype(dtype):
+        raise NonConformance(f"output {out.name!r} has dtype {value.dtype}, expected {dtype}", out.sections, out.name)
+
+
+def check_finite(out: Tensor, value: np.ndarray) -> None:
+    """Every element of a float output is finite (spec/README.md: a float output is finite everywhere)."""
+    if not np.all(np.isfinite(value)):
+        bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        raise NonConformance(f"output {out.name!r} has {bad} non-finite values (NaN or Inf) "
+                             f"where the spec says finite", out.sections, out.name)
+
+
+def check_within_budget(out: Tensor, value: np.ndarray, reference: np.ndarray, dtype: str,
+                        budget: tuple[str, str], env: Mapping[str, Any]) -> tuple[float, float, float]:
+    """The error against the reference, in eps of `dtype` times the output's scale, is within K times its
+    growth (the spec's budget table); returns (error in eps, budget in eps, the same budget absolute)."""
+    scale_expr, growth_expr = budget
+    scale = float(evaluate(scale_expr, env))
+    error = tolerances.error_in_eps(value, reference, dtype, scale)
+    allowed = tolerances.K[dtype] * float(evaluate(growth_expr, env))
+    if not error <= allowed:
+        raise NonConformance(f"output {out.name!r} differs from the reference by {error:.4g} eps, "
+                             f"budget {allowed:.4g} eps ({_worst_element(value, reference)})", out.sections, out.name)
+    return error, allowed, allowed * tolerances.EPS[dtype] * scale
+
+
+def check_tokens(out: Tensor, value: np.ndarray, reference: np.ndarray, diagnostics: Mapping[str, Any],
+                 tolerance: Mapping[str, float]) -> None:
+    """Integer outputs match exactly; a greedy(logits) output only up to each row's first near tie.
+
+    At a step where the reference's best and second-best logits are within twice the
+    logits' absolute tolerance, a correct implementation may pick either token, and
+    every later step depends on that pick, so the row is compared before it only.
+    """
+    compared = np.ones(value.shape, dtype=bool)
+    if out.compare.startswith("greedy("):
+        margin = np.asarray(diagnostics[f"{out.name}_margin"])  # (..., steps)
+        near_tie = margin <= 2 * tolerance[out.compare[len("greedy("):-1]]
+        compared = np.cumsum(near_tie, axis=-1) == 0
+    differs = compared & (value != reference)
+    if differs.any():
+        idx = tuple(int(i) for i in np.argwhere(differs)[0])
+        raise NonConformance(f"output {out.name!r} differs at index {idx}: got {value[idx]}, "
+                             f"reference {reference[idx]}", out.sections, out.name)
 
 
 def _worst_element(candidate: np.ndarray, reference: np.ndarray) -> str:
@@ -395,7 +449,7 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
         result.k = tolerances.K[dtype]
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)
     except Exception as e:  # the harness could not run this cell (e.g. the framework failed to import)
-        result.verdict, result.reason = "error", _describe_exception(e)
+        result.verdict, result.reason = Verdict.ERROR, _describe_exception(e)
     finally:
         result.seconds = round(time.perf_counter() - start, 3)
         if runner is not None and runner.pooled:
@@ -418,101 +472,121 @@ def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[s
     """(verdict, reason) for a cell that cannot run here, (None, None) for one that can."""
     missing = impl.unavailable_reason()
     if missing is not None:
-        return "not-available", missing
+        return Verdict.NOT_AVAILABLE, missing
     if dtype not in impl.dtypes:
-        return "unsupported", f"dtype {dtype} not supported; supported: {', '.join(impl.dtypes)}"
+        return Verdict.UNSUPPORTED, f"dtype {dtype} not supported; supported: {', '.join(impl.dtypes)}"
     if mode not in impl.modes:
-        return "unsupported", f"mode {mode} not supported; supported: {', '.join(impl.modes)}"
+        return Verdict.UNSUPPORTED, f"mode {mode} not supported; supported: {', '.join(impl.modes)}"
     present = impl.devices()
     if device not in present:
-        return "not-available", (f"device {device} not available on this machine; "
+        return Verdict.NOT_AVAILABLE, (f"device {device} not available on this machine; "
                                  f"{impl.framework} sees: {', '.join(present)}")
     return None, None
 
 
-def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
-         example: Mapping[str, Any] | None, shrink: bool) -> None:
-    spec = runner.spec
-    ratios: list[float] = []
-    errors: dict[str, list[float]] = {}
-    failure: list[tuple[dict[str, Any], NonConformance]] = []
-    samples = Samples(seed=seed)
+class Recorder:
+    """What one cell's examples came to, gathered into its CellResult as they run.
 
-    def record(ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
+    `attempt` runs one example and sorts it: a pass (`record`), an example the
+    implementation cannot express (skipped), one a ledger entry covers
+    (deviated); a NonConformance passes through to the caller, which ends the
+    cell with `fail`. `finish` gives the verdict of a cell that did not fail.
+    """
+
+    def __init__(self, runner: Runner, result: CellResult, seed: int):
+        self.runner, self.result, self.spec = runner, result, runner.spec
+        self.ratios: list[float] = []
+        self.errors: dict[str, list[float]] = {}
+        self.samples = Samples(seed=seed)
+        self.deviated: list[KnownDeviation] = []
+        self.skipped: list[str] = []
+
+    def attempt(self, run: Callable[[], Outcome], ex: Mapping[str, Any] | None) -> Outcome | str:
+        """One example: its outcome, or "skipped" (config unsupported) or "deviated" (as the ledger records)."""
+        try:
+            outcome = run()
+        except ConfigUnsupported as e:
+            self.result.skipped += 1
+            self.skipped.append(str(e))
+            return "skipped"
+        except KnownDeviation as e:
+            self.result.known_deviations += 1
+            self.deviated.append(e)
+            if self.result.counterexample is None and ex is not None:  # the first one the search found, to replay
+                self.result.counterexample = dict(ex)
+            return "deviated"
+        self.record(ex, outcome)
+        return outcome
+
+    def record(self, ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
+        result = self.result
         result.examples += 1
-        ratios.append(outcome.ratio)
+        self.ratios.append(outcome.ratio)
         if ex is not None:  # worked examples have arrays of their own, not a point in the parameter space
-            samples.add(ex, outcome.ratio)
+            self.samples.add(ex, outcome.ratio)
         for k, v in outcome.errors.items():
-            errors.setdefault(k, []).append(v)
+            self.errors.setdefault(k, []).append(v)
             result.max_error[k] = max(result.max_error.get(k, 0.0), v)
             result.output_ratio[k] = max(result.output_ratio.get(k, 0.0), v / outcome.budgets[k])
         if result.max_ratio is None or outcome.ratio > result.max_ratio:
             result.max_ratio, result.worst = outcome.ratio, dict(ex) if ex is not None else None
             result.budget = dict(outcome.budgets)
 
-    def percentiles() -> None:
-        result.skip_reason = skipped[0] if skipped else None
-        result.samples = samples.to_json()
-        if ratios:
-            result.p99_ratio = float(np.percentile(ratios, 99))
-            result.p99_error = {k: float(np.percentile(v, 99)) for k, v in errors.items()}
+    def _summarise(self) -> None:
+        result = self.result
+        result.skip_reason = self.skipped[0] if self.skipped else None
+        result.samples = self.samples.to_json()
+        if self.ratios:
+            result.p99_ratio = float(np.percentile(self.ratios, 99))
+            result.p99_error = {k: float(np.percentile(v, 99)) for k, v in self.errors.items()}
 
-    def fail(ex: dict[str, Any] | None, e: NonConformance, what: str) -> None:
-        percentiles()
-        result.verdict, result.reason = "non-conformant", f"{what}: {e.reason}"
-        result.sections = [f"{spec.component} §{s}" for s in e.sections]
+    def _repro(self, ex: Mapping[str, Any] | None) -> str:
+        r = self.result
+        return repro_command(self.spec.component, r.implementation, r.dtype, r.device, ex, r.mode)
+
+    def fail(self, ex: dict[str, Any] | None, e: NonConformance, what: str) -> None:
+        """The cell is non-conformant: `what` failed (the example, a worked example, the ledger) for `e`."""
+        self._summarise()
+        result = self.result
+        result.verdict, result.reason = Verdict.NON_CONFORMANT, f"{what}: {e.reason}"
+        result.sections = [f"{self.spec.component} §{s}" for s in e.sections]
         result.counterexample = ex
-        result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device, ex,
-                                     result.mode)
+        result.repro = self._repro(ex)
 
-    deviated: list[KnownDeviation] = []
-    skipped: list[str] = []
-
-    def attempt(run: Callable[[], Outcome], ex: Mapping[str, Any] | None) -> Outcome | str:
-        """One example: its outcome, or "skipped" (config unsupported) or "deviated" (as the ledger records)."""
-        try:
-            outcome = run()
-        except ConfigUnsupported as e:
-            result.skipped += 1
-            skipped.append(str(e))
-            return "skipped"
-        except KnownDeviation as e:
-            result.known_deviations += 1
-            deviated.append(e)
-            if result.counterexample is None and ex is not None:  # the first one the search found, to replay
-                result.counterexample = dict(ex)
-            return "deviated"
-        record(ex, outcome)
-        return outcome
-
-    def finish() -> None:
-        percentiles()
-        stale = runner.stale_entries({d.entry.id for d in deviated})
+    def finish(self) -> None:
+        """Every example ran without failing: stale ledger entries, known deviations, or a pass."""
+        self._summarise()
+        result = self.result
+        stale = self.runner.stale_entries({d.entry.id for d in self.deviated})
         if stale:
             entry, ex = stale[0]
-            return fail(ex, NonConformance(
-                f"ledger entry {entry.id!r} is stale: {runner.impl.label} followed the spec on every example "
+            return self.fail(ex, NonConformance(
+                f"ledger entry {entry.id!r} is stale: {self.runner.impl.label} followed the spec on every example "
                 f"of this cell where {entry.condition} ({entry.explanation})", entry.sections), "ledger")
-        if deviated:
-            entry = deviated[0].entry
-            result.verdict, result.deviation = "known-deviation", entry.id
+        if self.deviated:
+            entry = self.deviated[0].entry
+            result.verdict, result.deviation = Verdict.KNOWN_DEVIATION, entry.id
             result.reason = (f"ledger entry {entry.id!r} ({result.known_deviations} examples where "
-                             f"{entry.condition}): {entry.explanation} First seen here: {deviated[0].reason}")
-            result.sections = [f"{spec.component} §{s}" for s in entry.sections]
-            result.repro = repro_command(spec.component, result.implementation, result.dtype, result.device,
-                                         result.counterexample, result.mode)
-        elif result.examples == 0 and skipped:
-            result.verdict, result.reason = "unsupported", f"every example was skipped: {skipped[0]}"
+                             f"{entry.condition}): {entry.explanation} First seen here: {self.deviated[0].reason}")
+            result.sections = [f"{self.spec.component} §{s}" for s in entry.sections]
+            result.repro = self._repro(result.counterexample)
+        elif result.examples == 0 and self.skipped:
+            result.verdict, result.reason = Verdict.UNSUPPORTED, f"every example was skipped: {self.skipped[0]}"
         else:
-            result.verdict = "conformant"
+            result.verdict = Verdict.CONFORMANT
+
+
+def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
+         example: Mapping[str, Any] | None, shrink: bool) -> None:
+    """A cell's examples: one replayed (`example`), or the search over each stratum, then the worked examples."""
+    spec, cell = runner.spec, Recorder(runner, result, seed)
 
     if example is not None:  # replay exactly one example
         try:
-            attempt(lambda: runner.run(example), example)
+            cell.attempt(lambda: runner.run(example), example)
         except NonConformance as e:
-            return fail(dict(example), e, "example")
-        return finish()
+            return cell.fail(dict(example), e, "example")
+        return cell.finish()
 
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
     strata = generate.strata(spec)
@@ -523,15 +597,16 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         groups = None
         if runner.pooled:
             groups = generate.shape_groups(spec, fixed, max(1, COMPILED_SHAPES // len(strata)), rng)
+        failure: list[tuple[dict[str, Any], NonConformance]] = []
 
         @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                   verbosity=Verbosity.quiet)
         @hypothesis_seed(seed)
         @given(generate.examples(spec, fixed, groups=groups))
-        def check(ex: dict[str, Any]) -> None:
+        def search(ex: dict[str, Any]) -> None:
             try:
-                outcome = attempt(lambda: runner.run(ex), ex)
+                outcome = cell.attempt(lambda: runner.run(ex), ex)
             except NonConformance as e:
                 failure.append((dict(ex), e))  # the last one recorded is the shrunk minimum
                 raise
@@ -541,12 +616,12 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
                 reject()  # not counted towards max_examples: hypothesis draws another in its place
 
         try:
-            check()
+            search()
         except Unsatisfiable:  # every example of this stratum had a config the implementation cannot express
             pass
         except NonConformance:
             ex, e = failure[-1]
-            return fail(ex, e, "example")
+            return cell.fail(ex, e, "example")
 
     # Then the spec's worked examples, the hand-checked cases (after the search,
     # so that a mistake both would catch is reported with a shrunk example).
@@ -559,11 +634,11 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     # come from the persistent compilation cache whatever the seed.
     for worked in spec.examples if runner.mode == "eager" else ():
         try:
-            attempt(lambda: runner.run_worked(worked), None)
+            cell.attempt(lambda: runner.run_worked(worked), None)
         except NonConformance as e:
             e.sections = tuple(worked.sections)
-            return fail(None, e, f"worked example {worked.name!r}")
-    finish()
+            return cell.fail(None, e, f"worked example {worked.name!r}")
+    cell.finish()
 
 
 def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] | None = None,

@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from conformance.spec import Param, Spec, evaluate
-from impls import UsageError, numpy_dtype
+from conformance.vocabulary import numpy_dtype, UsageError
 
 #: Orders of magnitude of float inputs, plainest first (hypothesis shrinks towards it).
 SCALE_EXPONENTS = (0, -1, 1, -2, -3)

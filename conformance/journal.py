@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from conformance.atomic import atomic_write
 from conformance.engine import CellResult
-from impls import UsageError
+from conformance.vocabulary import UsageError
 
 FORMAT = "conformance-journal/1"
 

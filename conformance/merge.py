@@ -19,24 +19,11 @@ from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from conformance.results import SCHEMA, now
-from impls import UsageError
+from conformance.vocabulary import SEVERITY, Slot, UsageError
 
-#: (component, implementation, backend, device, mode, dtype): how cells are matched across files.
-Key = tuple[str, str, str | None, str, str, str]
 #: Which cell of a slot speaks for it: failures first, then the largest error; a cell that
 #: could not run only when no environment ran the slot (unsupported says more than not-available).
-_RANK = {"error": 0, "non-conformant": 1, "known-deviation": 2, "conformant": 3, "unsupported": 4, "not-available": 5}
-
-
-def cell_key(cell: dict[str, Any]) -> Key:
-    return (cell["component"], cell["implementation"], cell["backend"], cell["device"], cell["mode"],
-            cell["dtype"])
-
-
-def key_label(key: Key) -> str:
-    """A slot as one line of text, e.g. `mha keras[jax] cpu compiled float16`."""
-    component, impl, backend, device, mode, dtype = key
-    return f"{component} {impl}{f'[{backend}]' if backend else ''} {device} {mode} {dtype}"
+_RANK = {v: i for i, v in enumerate(SEVERITY)}
 
 
 def _identity(value: Any) -> str:
@@ -53,7 +40,7 @@ def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[
     env_index: dict[str, int] = {}
     cells: list[dict[str, Any]] = []
     seen: set[str] = set()
-    verdicts: dict[tuple[int, Key], tuple[str, str]] = {}  # (environment, slot) -> (verdict, file)
+    verdicts: dict[tuple[int, Slot], tuple[str, str]] = {}  # (environment, slot) -> (verdict, file)
     for source, doc in inputs:
         renumber = {}
         for i, env in enumerate(doc["environments"]):
@@ -64,10 +51,10 @@ def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[
             renumber[i] = env_index[identity]
         for cell in doc["cells"]:
             cell = {**cell, "env": renumber[cell["env"]]}
-            slot = (cell["env"], cell_key(cell))
-            verdict, first = verdicts.setdefault(slot, (cell["verdict"], source))
+            slot = Slot.of(cell)
+            verdict, first = verdicts.setdefault((cell["env"], slot), (cell["verdict"], source))
             if verdict != cell["verdict"]:
-                raise UsageError(f"{key_label(slot[1])}: {first} says {verdict} and {source} says "
+                raise UsageError(f"{slot.label}: {first} says {verdict} and {source} says "
                                  f"{cell['verdict']} for the same environment; one run cannot give a slot "
                                  f"two verdicts, so one of the files is not what it seems")
             identity = _identity(cell)
@@ -84,7 +71,7 @@ def merge_documents(inputs: Sequence[tuple[str, dict[str, Any]]], command: list[
 
 def _incomplete(inputs: Sequence[tuple[str, dict[str, Any]]], cells: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The slots that interrupted inputs did not run and no other input has; None when there are none."""
-    present = {key_label(cell_key(c)) for c in cells}
+    present = {Slot.of(c).label for c in cells}
     missing, reasons = [], []
     for source, doc in inputs:
         if doc.get("incomplete"):
@@ -93,11 +80,11 @@ def _incomplete(inputs: Sequence[tuple[str, dict[str, Any]]], cells: list[dict[s
     return {"reason": "; ".join(reasons), "missing": missing} if missing else None
 
 
-def by_slot(cells: Iterable[dict[str, Any]]) -> dict[Key, list[dict[str, Any]]]:
+def by_slot(cells: Iterable[dict[str, Any]]) -> dict[Slot, list[dict[str, Any]]]:
     """Cells grouped by slot, each group in the order of the input."""
-    slots: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    slots: dict[Slot, list[dict[str, Any]]] = defaultdict(list)
     for cell in cells:
-        slots[cell_key(cell)].append(cell)
+        slots[Slot.of(cell)].append(cell)
     return dict(slots)
 
 
@@ -110,6 +97,6 @@ def representative(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return min(cells, key=badness)
 
 
-def slots(doc: dict[str, Any]) -> dict[Key, dict[str, Any]]:
+def slots(doc: dict[str, Any]) -> dict[Slot, dict[str, Any]]:
     """One cell per slot of a document."""
     return {key: representative(cells) for key, cells in by_slot(doc["cells"]).items()}

@@ -34,14 +34,15 @@ import numpy as np
 from conformance import __version__
 from conformance.atomic import atomic_write
 from conformance.compare import Change, Comparison, compare
-from conformance.engine import VERDICTS, repro_command
-from conformance.merge import Key, by_slot, key_label, merge_documents, representative
+from conformance.engine import repro_command
+from conformance.merge import by_slot, merge_documents, representative
 from conformance.report_arrays import ATTENTION, Recomputer, npz_bytes, reference
 from conformance.report_figures import describe_index, heatmap, leading_index, scatter_panels
 from conformance.report_matrix import (cell_text, column_groups, column_order, format_ratio, header_rows, impl_order,
                                        matrix_row, walk)
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, load_spec
+from conformance.vocabulary import impl_label, Slot, Verdict
 
 
 @dataclass
@@ -83,7 +84,7 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def slot_id(key: Key, taken: set[str]) -> str:
+def slot_id(key: Slot, taken: set[str]) -> str:
     """An id for HTML anchors and .npz names: the slot's fields, filename-safe, unique, not too long."""
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", "--".join(str(p) for p in key if p is not None)).strip("-.")
     if len(base) > 120:  # a plug-in named by a long path
@@ -121,7 +122,7 @@ class _Builder:
             self.notes.append(f"no spec links, .npz files or heatmaps: {e}")
             return {}
         specs = {}
-        for component in sorted({k[0] for k in self.slots}):
+        for component in sorted({k.component for k in self.slots}):
             path = self.spec_dir / f"{component}.md"
             if not re.fullmatch(r"[a-z0-9_]+", component) or not path.is_file():
                 self.notes.append(f"no spec for component {component!r} in {self.spec_dir}")
@@ -148,10 +149,10 @@ class _Builder:
 
     def page(self, files: list[str], baseline: str | None) -> dict[str, Any]:
         groups = column_groups(self.slots)
-        components = sorted({k[0] for k in self.slots})
-        order = sorted(self.slots, key=lambda k: (k[0], column_order(k, self.slots[k]["framework"])))
+        components = sorted({k.component for k in self.slots})
+        order = sorted(self.slots, key=lambda k: (k.component, column_order(k, self.slots[k]["framework"])))
         details = [self._slot(k) for k in order]
-        totals = {v: sum(c["verdict"] == v for c in self.slots.values()) for v in VERDICTS}
+        totals = {v: sum(c["verdict"] == v for c in self.slots.values()) for v in Verdict}
         return {
             "version": __version__,
             "created": self.doc["created"],
@@ -164,32 +165,32 @@ class _Builder:
             "header_rows": header_rows(groups),
             "rows": [matrix_row(c, groups, self.slots, self._leaf) for c in components],
             "details": details,
-            "failing": [d for d in details if d["verdict"] in ("non-conformant", "error")],
+            "failing": [d for d in details if Verdict(d["verdict"]).failed],
             "environments": self._environments(),
             "comparison": self._comparison(),
             "notes": self.notes,
             "incomplete": self.doc.get("incomplete"),
         }
 
-    def _leaf(self, key: Key) -> dict[str, Any] | None:
+    def _leaf(self, key: Slot) -> dict[str, Any] | None:
         cell = self.slots.get(key)
         if cell is None:
             return None
         v = cell["verdict"]
         text = cell_text(cell)
         change = self.changes.get(key)
-        title = f"{key_label(key)}: {v}" + (f": {cell['reason']}" if cell["reason"] else "")
+        title = f"{key.label}: {v}" + (f": {cell['reason']}" if cell["reason"] else "")
         if change is not None:
             title += f"\n{change.kind}: {change.what}"
-        near = v == "conformant" and (cell["max_ratio"] or 0) > 0.5
+        near = v == Verdict.CONFORMANT and (cell["max_ratio"] or 0) > 0.5
         return {"id": self.ids[key], "verdict": v, "text": text, "title": title, "near": near,
                 "change": change.kind if change else None}
 
     # --- one slot ---------------------------------------------------------------------------
 
-    def _slot(self, key: Key) -> dict[str, Any]:
+    def _slot(self, key: Slot) -> dict[str, Any]:
         cell = self.slots[key]
-        spec = self.specs.get(key[0])
+        spec = self.specs.get(key.component)
         sections = []
         for s in cell["sections"]:
             m = re.fullmatch(r"(\S+) \u00a7(\S+)", s)
@@ -201,17 +202,17 @@ class _Builder:
             outputs.append({
                 "name": name, "max": err, "p99": cell["p99_error"].get(name), "budget": budget,
                 "ratio": cell["output_ratio"].get(name),
-                "sections": [self.section_link(key[0], s) for s in (out_spec.sections if out_spec else ())],
+                "sections": [self.section_link(key.component, s) for s in (out_spec.sections if out_spec else ())],
             })
         example, which = _example(cell)
         repro = cell["repro"]
         if repro is None and example is not None:
-            repro = repro_command(key[0], key[1], key[5], key[3], example, key[4])
+            repro = repro_command(key.component, key.implementation, key.dtype, key.device, example, key.mode)
         ident = self.ids[key]
         others = [{"env": c["env"], "verdict": c["verdict"], "ratio": c["max_ratio"], "reason": c["reason"]}
                   for c in self.groups_of[key] if c is not cell]
         return {
-            "id": ident, "label": key_label(key), "key": key, "cell": cell, "verdict": cell["verdict"],
+            "id": ident, "label": key.label, "key": key, "cell": cell, "verdict": cell["verdict"],
             "sections": sections, "outputs": outputs, "others": others,
             "scatter": scatter_panels(cell["samples"], cell["worst"], cell["max_ratio"]),
             "samples_shown": len(cell["samples"]["rows"]), "samples_total": cell["samples"]["total"],
@@ -232,21 +233,21 @@ class _Builder:
             return None
         return f"npz/{ident}.npz"
 
-    def _attention(self, spec: Spec | None, key: Key, cell: dict[str, Any],
+    def _attention(self, spec: Spec | None, key: Slot, cell: dict[str, Any],
                    example: dict | None) -> dict[str, Any] | None:
         """The attention weights on the slot's example: the reference and each implementation side by side."""
         if spec is None or example is None or ATTENTION not in spec.outputs:
             return None
-        dtype = key[5]
+        dtype = key.dtype
         try:
             ref = reference(spec, example, dtype)[ATTENTION]
         except Exception as e:
             return {"maps": [], "missing": [], "where": "", "error": f"{type(e).__name__}: {e}"}
-        impls = sorted({(k[1], k[2], c["framework"]) for k, c in self.slots.items() if k[0] == key[0]},
+        impls = sorted({(k.implementation, k.backend, c["framework"]) for k, c in self.slots.items() if k.component == key.component},
                        key=lambda i: (i[:2] != key[1:3], impl_order(i)))
         got, missing = [], []
         for label, backend, _ in impls:
-            name = label + (f"[{backend}]" if backend else "")
+            name = impl_label(label, backend)
             value = self.recomputer.attention(spec, label, backend, dtype, example)
             if isinstance(value, str):
                 missing.append({"name": name, "why": value})
@@ -254,7 +255,7 @@ class _Builder:
                 missing.append({"name": name, "why": f"shape {value.shape}, the reference's is {ref.shape}"})
             else:
                 got.append((name, value))
-        own = dict(got).get(key[1] + (f"[{key[2]}]" if key[2] else ""))
+        own = dict(got).get(key.impl)
         lead = leading_index(np.abs((own if own is not None else ref) - ref))
         maps = [heatmap(ref[lead], "reference (NumPy, float64)")]
         for name, value in got:
@@ -278,7 +279,7 @@ class _Builder:
             reported: dict[str, dict[str, Any]] = {}
             for c in self.doc["cells"]:
                 if c["env"] == i and c["environment"]:
-                    name = c["implementation"] + (f"[{c['backend']}]" if c["backend"] else "")
+                    name = impl_label(c["implementation"], c["backend"])
                     extra = {k: v for k, v in c["environment"].items() if env.get(k) != v}
                     reported.setdefault(name, {}).update(extra)
             fields = {k: v for k, v in env.items() if k != "packages"}
@@ -292,14 +293,14 @@ class _Builder:
             return None
 
         def row(c: Change) -> dict[str, Any]:
-            return {"label": key_label(c.key), "what": c.what, "id": self.ids.get(c.key)}
+            return {"label": c.key.label, "what": c.what, "id": self.ids.get(c.key)}
 
         return {"compared": cmp.compared, "factor": cmp.factor, "floor": cmp.floor,
                 "regressions": [row(c) for c in cmp.of_kind("regression")],
                 "improvements": [row(c) for c in cmp.of_kind("improvement")],
                 "notes": [row(c) for c in cmp.of_kind("note")],
-                "only_baseline": [key_label(k) for k in cmp.only_baseline],
-                "only_current": [key_label(k) for k in cmp.only_current]}
+                "only_baseline": [k.label for k in cmp.only_baseline],
+                "only_current": [k.label for k in cmp.only_current]}
 
 
 def _example(cell: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

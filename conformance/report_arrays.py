@@ -20,7 +20,9 @@ import numpy as np
 from conformance import generate
 from conformance.engine import reference_forward
 from conformance.spec import Spec
-from impls import BUILTIN_FRAMEWORKS, Registered, UsageError, builtin, keras_backend, registry
+from conformance.vocabulary import UsageError
+from conformance.registry import builtin, keras_backend, Registered, registry
+from impls import OUR_FRAMEWORKS
 
 #: The output the heatmaps show, in the components that have one.
 ATTENTION = "attention_weights"
@@ -85,7 +87,7 @@ class Recomputer:
         if ":" in implementation:
             return "a plug-in named by its file or module; the report runs registered implementations only"
         try:
-            found = builtin(component, implementation) if implementation in BUILTIN_FRAMEWORKS else next(
+            found = builtin(component, implementation) if implementation in OUR_FRAMEWORKS else next(
                 r for r in registry() if r.component == component and r.name == implementation)
         except (UsageError, StopIteration):
             return "not registered in this installation"

@@ -13,14 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from conformance.engine import VERDICTS
-from conformance.merge import Key, representative
-from impls import DEVICES, DTYPES, MODES
+from conformance.merge import representative
+from conformance.vocabulary import DEVICES, DTYPES, impl_label, MODES, Slot, Verdict
 
 _FRAMEWORK_ORDER = {"numpy": 0, "torch": 1, "keras": 2}
 #: What a matrix cell shows when its verdict is not conformant (a conformant one shows its err/budget).
-SHORT = {"known-deviation": "kd", "non-conformant": "\u2717", "error": "err", "unsupported": "\u2013", "not-available": "n/a"}
-_DID_NOT_RUN = ("unsupported", "not-available")
+SHORT = {Verdict.KNOWN_DEVIATION: "kd", Verdict.NON_CONFORMANT: "\u2717", Verdict.ERROR: "err",
+         Verdict.UNSUPPORTED: "\u2013", Verdict.NOT_AVAILABLE: "n/a"}
 
 #: (implementation, backend), device, mode, dtype: a column.
 Column = tuple[tuple[str, str | None], str, str, str]
@@ -52,7 +51,7 @@ def format_ratio(r: float | None) -> str:
 
 
 def cell_text(cell: dict[str, Any]) -> str:
-    return format_ratio(cell["max_ratio"]) if cell["verdict"] == "conformant" else SHORT[cell["verdict"]]
+    return format_ratio(cell["max_ratio"]) if cell["verdict"] == Verdict.CONFORMANT else SHORT[cell["verdict"]]
 
 
 def impl_order(impl: tuple[str, str | None, str]) -> tuple[int, str, str]:
@@ -65,9 +64,9 @@ def _axis_order(order: Sequence[str]) -> Callable[[str], tuple[int, str]]:
     return lambda v: (order.index(v) if v in order else len(order), v)
 
 
-def column_order(key: Key, framework: str) -> tuple:
-    return (impl_order((key[1], key[2], framework)), _axis_order(DEVICES)(key[3]), _axis_order(MODES)(key[4]),
-            _axis_order(DTYPES)(key[5]))
+def column_order(key: Slot, framework: str) -> tuple:
+    return (impl_order((key.implementation, key.backend, framework)), _axis_order(DEVICES)(key.device),
+            _axis_order(MODES)(key.mode), _axis_order(DTYPES)(key.dtype))
 
 
 def walk(group: Group) -> Iterator[Group]:
@@ -77,21 +76,22 @@ def walk(group: Group) -> Iterator[Group]:
         yield from walk(child)
 
 
-def column_groups(slots: dict[Key, dict[str, Any]]) -> list[Group]:
+def column_groups(slots: dict[Slot, dict[str, Any]]) -> list[Group]:
     """The column groups over every slot of every component."""
-    impls = sorted({(k[1], k[2], c["framework"]) for k, c in slots.items()}, key=impl_order)
-    ran = {((k[1], k[2]), k[3], k[4], k[5]) for k, c in slots.items() if c["verdict"] not in _DID_NOT_RUN}
+    impls = sorted({(k.implementation, k.backend, c["framework"]) for k, c in slots.items()}, key=impl_order)
+    ran = {((k.implementation, k.backend), k.device, k.mode, k.dtype)
+           for k, c in slots.items() if Verdict(c["verdict"]).ran}
     ids = (f"g{n}" for n in range(1_000_000))
     groups = []
     for label, backend, _ in impls:
         impl = (label, backend)
-        mine = [k for k in slots if (k[1], k[2]) == impl]
-        top = Group(next(ids), label + (f"[{backend}]" if backend else ""), 0, "")
-        for device in sorted({k[3] for k in mine}, key=_axis_order(DEVICES)):
+        mine = [k for k in slots if (k.implementation, k.backend) == impl]
+        top = Group(next(ids), impl_label(label, backend), 0, "")
+        for device in sorted({k.device for k in mine}, key=_axis_order(DEVICES)):
             dev = Group(next(ids), device, 1, top.leaf_classes())
-            for mode in sorted({k[4] for k in mine if k[3] == device}, key=_axis_order(MODES)):
+            for mode in sorted({k.mode for k in mine if k.device == device}, key=_axis_order(MODES)):
                 m = Group(next(ids), mode, 2, dev.leaf_classes())
-                dtypes = sorted({k[5] for k in mine if k[3:5] == (device, mode)}, key=_axis_order(DTYPES))
+                dtypes = sorted({k.dtype for k in mine if (k.device, k.mode) == (device, mode)}, key=_axis_order(DTYPES))
                 m.columns = [(impl, device, mode, d) for d in dtypes]
                 dev.children.append(m)
             dev.columns = [c for m in dev.children for c in m.columns]
@@ -115,8 +115,8 @@ def header_rows(groups: list[Group]) -> list[list[dict[str, Any]]]:
     return rows
 
 
-def matrix_row(component: str, groups: list[Group], slots: dict[Key, dict[str, Any]],
-               leaf: Callable[[Key], dict[str, Any] | None]) -> dict[str, Any]:
+def matrix_row(component: str, groups: list[Group], slots: dict[Slot, dict[str, Any]],
+               leaf: Callable[[Slot], dict[str, Any] | None]) -> dict[str, Any]:
     """One component's row: per group its summary cell, then (in mode groups) a cell per dtype."""
     cells = []
     for top in groups:
@@ -124,16 +124,16 @@ def matrix_row(component: str, groups: list[Group], slots: dict[Key, dict[str, A
             cells.append({"kind": "sum", "group": g, **_summary(component, g, slots)})
             if g.level == 2:
                 for (impl, device, mode, dtype) in g.columns:
-                    key = (component, impl[0], impl[1], device, mode, dtype)
+                    key = Slot(component, impl[0], impl[1], device, mode, dtype)
                     cells.append({"kind": "leaf", "classes": g.leaf_classes(), "slot": leaf(key)})
     return {"component": component, "cells": cells}
 
 
-def _summary(component: str, g: Group, slots: dict[Key, dict[str, Any]]) -> dict[str, Any]:
+def _summary(component: str, g: Group, slots: dict[Slot, dict[str, Any]]) -> dict[str, Any]:
     """A folded group's cell in one row: its worst cell, and a count of verdicts as the tooltip."""
-    present = [slots[k] for k in ((component, i[0], i[1], dev, m, dt) for i, dev, m, dt in g.columns) if k in slots]
+    present = [slots[k] for k in (Slot(component, i[0], i[1], dev, m, dt) for i, dev, m, dt in g.columns) if k in slots]
     if not present:
         return {"verdict": "none", "text": "", "title": "no cells"}
     worst = representative(present)
-    counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := sum(c["verdict"] == v for c in present)))
+    counts = ", ".join(f"{n} {v}" for v in Verdict if (n := sum(c["verdict"] == v for c in present)))
     return {"verdict": worst["verdict"], "text": cell_text(worst), "title": f"{g.label}: {counts}"}

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable
 
 from conformance.atomic import atomic_write
-from conformance.engine import VERDICTS, CellResult, machine
+from conformance.engine import CellResult, machine
+from conformance.vocabulary import impl_label, Verdict
 
 #: The format of results files: conformance/results.schema.json describes it,
 #: reports/README.md in prose. /3 added the list of environments (one per run a
@@ -86,18 +87,18 @@ def _finite(value: Any) -> Any:
 
 def format_cell(c: CellResult, width: int = 24) -> str:
     """One line per cell (more when it fails); `width` is the implementation column's."""
-    impl = c.implementation + (f"[{c.backend}]" if c.backend else "")
+    impl = impl_label(c.implementation, c.backend)
     ratio = "-" if c.max_ratio is None else f"{c.max_ratio:.3g}"
     time = f"{c.seconds:>7.1f}s" + (f" (compile {c.compile_seconds:.1f}s)" if c.compile_seconds else "")
     head = (f"{c.component:<15} {impl:<{width}} {c.device:<5} {c.mode:<8} {c.dtype:<8} {c.verdict:<14} "
             f"{c.examples:>5} {ratio:>9} {time}")
-    if c.verdict in ("conformant", "unsupported", "not-available"):  # the reason of the latter two is in the file
+    if c.verdict in (Verdict.CONFORMANT, Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE):  # the reason of the latter two is in the file
         return head
     lines = [head, f"    {c.reason}"]
     if c.sections:
         lines.append(f"    spec: {', '.join(c.sections)}")
     if c.counterexample:
-        what = "first example that deviated" if c.verdict == "known-deviation" else "minimal example"
+        what = "first example that deviated" if c.verdict == Verdict.KNOWN_DEVIATION else "minimal example"
         lines.append(f"    {what}: {json.dumps(c.counterexample)}")
     if c.repro:
         lines.append(f"    reproduce: {c.repro}")
@@ -109,9 +110,7 @@ def header(width: int = 24) -> str:
             f"{'ex.':>5} {'err/bdgt':>9} {'time':>8}")
 
 
-HEADER = header()
-
 
 def summary_line(cells: list[CellResult]) -> str:
-    counts = {v: sum(c.verdict == v for c in cells) for v in VERDICTS}
+    counts = {v: sum(c.verdict == v for c in cells) for v in Verdict}
     return ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from conformance.engine import COMPILED_SHAPES
-from conformance.merge import cell_key, key_label
 from conformance.workers import CellTask
-from impls import DTYPES, FRAMEWORK_LAYERS, UsageError
+from conformance.vocabulary import DTYPES, Slot, UsageError, Verdict
+from impls import FRAMEWORK_LAYERS
 
 BASELINE = Path(__file__).resolve().parent.parent / "reports" / "baseline"
 #: Examples per cell the baseline was run with (its `--profile dev`).
@@ -51,8 +51,7 @@ def _baseline() -> dict[tuple, float]:
         except (OSError, ValueError, KeyError):
             continue
         for c in cells:
-            if c.get("mode") == "eager" and c.get("device") == "cpu" and c.get("verdict") not in (
-                    "unsupported", "not-available"):
+            if c.get("mode") == "eager" and c.get("device") == "cpu" and Verdict(c.get("verdict")).ran:
                 found[(c["component"], c["implementation"], c["backend"], c["dtype"])] = \
                     c["seconds"] / BASELINE_EXAMPLES
     return found
@@ -95,7 +94,7 @@ def previous_costs(path: str | None) -> dict[str, float]:
         return {}
     try:
         cells = json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-        return {key_label(cell_key(c)): float(c["seconds"]) for c in cells}
+        return {Slot.of(c).label: float(c["seconds"]) for c in cells}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 

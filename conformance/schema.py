@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 
 from conformance.results import SCHEMA
-from impls import UsageError
+from conformance.vocabulary import UsageError
 
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 #: Versions this code reads; older ones are upgraded in memory to SCHEMA.

@@ -90,15 +90,15 @@ class Spec:
             n == i or n.startswith(i + ".") for i in self.informative)]
 
     def covered_sections(self) -> set[str]:
-        """Sections something enforces: named by a row or worked example, inside a named
-        section, or made only of covered subsections."""
+        """Sections something enforces: named by a row or worked example (a check names the
+        section itself: naming §7 does not cover a §7.5), or made only of covered subsections."""
         named: set[str] = set()
         rows = [*self.params.values(), *self.weights.values(),
                 *self.inputs.values(), *self.outputs.values(), *self.examples]
         for row in rows:
             named.update(row.sections)
-        covered = {n for n in self.sections if any(n == c or n.startswith(c + ".") for c in named)}
-        for n in self.sections:
+        covered = {n for n in self.sections if n in named}
+        for n in sorted(self.sections, key=lambda n: -n.count(".")):  # deepest first, so parents see their children
             children = [c for c in self.sections if c.startswith(n + ".")]
             if children and all(c in covered for c in children):
                 covered.add(n)
@@ -353,6 +353,10 @@ def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
                               data["weights"], data["inputs"], data["expected"])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SpecError(path, section, f"worked example is not valid: {e}") from None
+        unknown = [s for s in data["sections"] if s not in spec.sections]
+        if unknown:
+            raise SpecError(path, section, f"worked example {example.name!r} names section {', '.join(unknown)}, "
+                                           "which does not exist")
         missing = [p for p in spec.params if p not in example.config]
         if missing:
             raise SpecError(path, section, f"worked example {example.name!r} lacks parameters {missing}")

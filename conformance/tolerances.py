@@ -14,16 +14,9 @@ import numpy as np
 #: (2**-p for p fraction bits: 52, 23, 10 and 7).
 EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
 
-#: Budget constants, calibrated as spec/README.md ("Calibration") describes: about
-#: ten times the largest err / growth that any implementation in this repository
-#: showed, rounded up. Last calibration (numpy and torch eager, 1,000 examples a
-#: cell; every implementation, backend and mode of the tox matrix, about 100),
-#: largest err / growth over all components:
-#:   float64  0.227  ffn, torch eager      (was K = 2 before the compiled modes and
-#:                                           longer searches; 0.227 * 10 needs 3)
-#:   float32  0.262  mha, keras[tensorflow] eager (2,000 examples, earlier round)
-#:   float16  0.253  embedding, numpy eager
-#:   bfloat16 0.224  embedding, numpy eager
+#: Budget constants: about ten times the largest err / growth that any implementation in this
+#: repository showed, rounded up. The figures, and how to repeat the calibration, are in one
+#: place: spec/README.md, "Calibration".
 K = {"float64": 3.0, "float32": 3.0, "float16": 3.0, "bfloat16": 3.0}
 
 

@@ -42,10 +42,10 @@ import cloudpickle
 
 from conformance.deviations import Deviation
 from conformance.engine import CellResult, Event, machine, repro_command, run_cell
-from conformance.merge import key_label
 from conformance.spec import Spec
-from impls import (ENTRY_POINT_GROUP, Registered, UsageError, _describe, builtins, by_name, entry_point_targets,
-                   load_target)
+from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, builtins, by_name, entry_point_targets,
+                                  load_target)
+from conformance.vocabulary import Slot, UsageError
 
 #: Seconds without news from the workers after which the running cells are reported (`on_status`).
 STATUS_EVERY = 60.0
@@ -177,7 +177,7 @@ class CellTask:
     @property
     def label(self) -> str:
         """The cell's slot as one line, as results files name it: `mha keras[jax] cpu eager float32`."""
-        return key_label((self.spec.component, self.impl.label, self.backend, self.device, self.mode, self.dtype))
+        return Slot(self.spec.component, self.impl.label, self.backend, self.device, self.mode, self.dtype).label
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 
 from conformance.engine import CellResult, run_cell
 from conformance.spec import Spec
-from impls import resolve
+from conformance.registry import resolve
 
 
 def rejected(spec: Spec, target: str, *, reason: str, max_examples: int) -> CellResult:

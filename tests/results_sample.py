@@ -16,7 +16,7 @@ from typing import Any
 from conformance.engine import CellResult, run_cell
 from conformance.results import write_results
 from conformance.spec import load_spec
-from impls import builtin, resolve
+from conformance.registry import builtin, resolve
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

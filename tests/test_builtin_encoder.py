@@ -14,7 +14,7 @@ import pytest
 from conformance import deviations, generate
 from conformance.engine import ConfigUnsupported, KnownDeviation, NonConformance, Outcome, Runner, run_cell
 from conformance.spec import load_spec
-from impls import resolve
+from conformance.registry import resolve
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
 

@@ -20,7 +20,7 @@ import pytest
 from conformance import deviations, generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from impls import keras_backend, registry, resolve
+from conformance.registry import keras_backend, registry, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")

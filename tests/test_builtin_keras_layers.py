@@ -21,7 +21,7 @@ import pytest
 from conformance import deviations, generate
 from conformance.engine import NonConformance, Runner, run_cell
 from conformance.spec import load_spec
-from impls import resolve
+from conformance.registry import resolve
 
 pytest.importorskip("keras", reason="Keras is not installed")
 # a source of length 1 is valid (lstm_seq2seq §6.4); Keras warns about its softmax on every call
@@ -217,7 +217,7 @@ import json, sys
 from pathlib import Path
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from impls import resolve
+from conformance.registry import resolve
 
 for component, name, dtype, example in json.loads(sys.argv[1]):
     spec = load_spec(Path("spec") / f"{component}.md")

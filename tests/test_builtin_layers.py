@@ -8,7 +8,7 @@ import pytest
 from conformance import deviations, generate
 from conformance.deviations import Deviation, LedgerError
 from conformance.engine import ConfigUnsupported, NonConformance, Outcome, Runner, run_cell
-from impls import resolve
+from conformance.registry import resolve
 
 pytest.importorskip("torch", reason="PyTorch is not installed")
 

@@ -10,7 +10,7 @@ import pytest
 from conformance import generate
 from conformance.engine import NonConformance, Outcome, Runner
 from conformance.spec import load_spec
-from impls import resolve
+from conformance.registry import resolve
 from impls.numpy.lstm_classifier import forward as numpy_forward
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from conformance import calibrate
 from conformance.engine import run_cell
 from conformance.results import write_results
-from impls import builtin
+from conformance.registry import builtin
 
 
 def test_err_over_growth_is_the_ratio_times_k_of_conformant_cells_only(tmp_path, mha_spec, capsys):

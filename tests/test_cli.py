@@ -34,9 +34,9 @@ def test_list_json(capsys):
 
 
 def test_missing_framework_is_listed_as_unavailable(monkeypatch, capsys):
-    import impls
+    from conformance import registry
 
-    monkeypatch.setitem(impls.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
+    monkeypatch.setitem(registry.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
     assert main(["list", "--json"]) == 0
     torch = next(i for i in json.loads(capsys.readouterr().out)["implementations"] if i["name"] == "torch")
     assert torch["available"] is False and "no_such_torch_module" in torch["reason"]
@@ -130,3 +130,18 @@ def test_entry_point_plugin(tmp_path, root):
     assert mine["source"] == "entry point" and mine["available"]
     checked = run("check", "mha", "--impl", "my-attention", "--examples", "5")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_run_leaves_nothing_in_the_working_folder(root, tmp_path):
+    """Hypothesis keeps a cache of constants from local code; it goes to our cache folder, not ./.hypothesis."""
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
+    env["CONFORMANCE_CACHE_DIR"] = str(tmp_path / "cache")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "ffn", "--impl",
+                           f"{root / 'tests' / 'wrong_ffn.py'}:TanhForGelu", "--dtype", "float32", "--device", "cpu",
+                           "--examples", "20", "-j", "1"], cwd=work, env={**env, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert list(work.iterdir()) == []
+    assert (tmp_path / "cache" / "hypothesis").is_dir()

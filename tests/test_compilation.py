@@ -22,7 +22,8 @@ import pytest
 from conformance import generate
 from conformance.engine import COMPILED_SHAPES, run_cell
 from conformance.spec import load_spec
-from impls import CACHE_VARIABLE, _describe, builtin, compilation_cache_dir
+from conformance.registry import _describe, builtin
+from impls import CACHE_VARIABLE, compilation_cache_dir
 from impls.numpy.mha import Implementation as NumpyAttention
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +148,7 @@ import json, sys
 from pathlib import Path
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from impls import builtin
+from conformance.registry import builtin
 
 component, name, dtype, mode, examples = json.loads(sys.argv[1])
 cell = run_cell(load_spec(Path("spec") / f"{component}.md"), builtin(component, name), dtype, "cpu", mode,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 
-import pytest
 
 from conformance import deviations, differences
 from conformance.cli import main

@@ -22,7 +22,8 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from impls import DTYPES, resolve
+from conformance.vocabulary import DTYPES
+from conformance.registry import resolve
 
 from checks import keras_round_trip, rejected
 

@@ -10,7 +10,7 @@ import pytest
 from conformance import results
 from conformance.cli import main
 from conformance.engine import run_cell, run_matrix
-from impls import Registered, builtin, resolve
+from conformance.registry import builtin, Registered, resolve
 
 from checks import rejected
 
@@ -76,9 +76,9 @@ def test_worked_examples_catch_what_random_search_may_miss(root, mha_spec):
 
 
 def test_one_broken_cell_does_not_stop_the_others(root, mha_spec, monkeypatch):
-    import impls
+    from conformance import registry
 
-    monkeypatch.setitem(impls.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
+    monkeypatch.setitem(registry.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
     cells = run_matrix([mha_spec], [
         Registered("mha", "missing-module", "numpy", "no_such_module_anywhere:Impl", "plugin"),
         _plugin(root, "BrokenBuild"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conformance import generate
-from conformance.engine import NonConformance, Runner
+from conformance.engine import NonConformance, check_tokens
 from conformance.spec import SpecError, Tensor, load_spec
 
 TOY = """\
@@ -83,31 +83,24 @@ def test_padded_tokens_have_a_valid_prefix_then_padding(toy):
         assert tokens.max() <= 2
 
 
-def _runner(toy):
-    runner = Runner.__new__(Runner)
-    runner.spec, runner.dtype = toy, "float32"
-    return runner
-
-
 def test_greedy_tokens_are_compared_only_before_the_first_near_tie(toy):
-    runner, out = _runner(toy), toy.outputs["generated"]
+    out = toy.outputs["generated"]
     reference = np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
     margin = np.array([[5.0, 5.0, 0.01, 5.0], [5.0, 5.0, 5.0, 5.0]])
     diagnostics, tolerance = {"generated_margin": margin}, {"logits": 0.1}
     after_tie = np.array([[1, 2, 0, 0], [1, 2, 3, 4]])  # row 0 differs from the near tie on: allowed
-    runner._compare_tokens(out, after_tie, reference, diagnostics, tolerance)
+    check_tokens(out, after_tie, reference, diagnostics, tolerance)
     before_tie = np.array([[1, 0, 3, 4], [1, 2, 3, 4]])
     with pytest.raises(NonConformance, match=r"output 'generated' differs at index \(0, 1\): got 0, reference 2"):
-        runner._compare_tokens(out, before_tie, reference, diagnostics, tolerance)
+        check_tokens(out, before_tie, reference, diagnostics, tolerance)
     clear_row = np.array([[1, 2, 3, 4], [1, 2, 3, 0]])  # row 1 has no near tie: every step counts
     with pytest.raises(NonConformance, match=r"index \(1, 3\)"):
-        runner._compare_tokens(out, clear_row, reference, diagnostics, tolerance)
+        check_tokens(out, clear_row, reference, diagnostics, tolerance)
 
 
 def test_boolean_and_integer_outputs_are_compared_exactly(toy):
-    runner = _runner(toy)
     valid = toy.outputs["valid"]
-    runner._compare_tokens(valid, np.array([[True, False]]), np.array([[True, False]]), {}, {})
+    check_tokens(valid, np.array([[True, False]]), np.array([[True, False]]), {}, {})
     with pytest.raises(NonConformance, match=r"output 'valid' differs at index \(0, 1\)"):
-        runner._compare_tokens(valid, np.array([[True, True]]), np.array([[True, False]]), {}, {})
+        check_tokens(valid, np.array([[True, True]]), np.array([[True, False]]), {}, {})
     assert isinstance(valid, Tensor) and valid.dtype == "bool" and valid.compare == "close"

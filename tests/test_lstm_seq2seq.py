@@ -14,7 +14,8 @@ import pytest
 from conformance import generate
 from conformance.engine import Runner, run_cell
 from conformance.spec import load_spec
-from impls import DTYPES, builtin, resolve
+from conformance.vocabulary import DTYPES
+from conformance.registry import builtin, resolve
 
 from checks import keras_round_trip, rejected
 

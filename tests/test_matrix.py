@@ -17,7 +17,8 @@ import pytest
 from conformance import generate, tolerances
 from conformance.api import check
 from conformance.engine import COMPILED_SHAPES, run_cell
-from impls import DTYPES, UsageError, _describe, builtin, numpy_dtype, resolve
+from conformance.vocabulary import DTYPES, numpy_dtype, UsageError
+from conformance.registry import _describe, builtin, resolve
 from impls.numpy.mha import Implementation as NumpyAttention
 
 torch_installed = importlib.util.find_spec("torch") is not None

@@ -7,7 +7,7 @@ import pytest
 from conformance import results
 from conformance.cli import main
 from conformance.compare import compare, reason_class
-from conformance.merge import cell_key
+from conformance.vocabulary import Slot
 from conformance.schema import load_results
 
 from results_sample import find, read, save, write
@@ -149,7 +149,7 @@ def test_slots_run_in_several_environments_are_judged_by_their_worst(tmp_path, m
                  "-o", str(merged)]) == 0
     result = compare(load_results(tmp_path / "a2.json"), load_results(merged))
     [regression] = result.regressions
-    assert regression.key == cell_key(find(a, component="ffn")) and "now error" in regression.what
+    assert regression.key == Slot.of(find(a, component="ffn")) and "now error" in regression.what
 
 
 # --- bad input files ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conformance.cli import main
+from conformance.vocabulary import Slot
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMPY = ["run", "--framework", "numpy", "--framework", "torch", "--component", "mha", "--component", "ffn",
@@ -18,10 +19,9 @@ NUMPY = ["run", "--framework", "numpy", "--framework", "torch", "--component", "
 SAME = ("verdict", "examples", "max_ratio", "worst", "reason")
 
 
-def slots(path: Path) -> dict[tuple, dict]:
+def slots(path: Path) -> dict[Slot, dict]:
     cells = json.loads(Path(path).read_text())["cells"]
-    found = {(c["component"], c["implementation"], c["backend"], c["device"], c["mode"], c["dtype"]):
-             {k: c[k] for k in SAME} for c in cells}
+    found = {Slot.of(c): {k: c[k] for k in SAME} for c in cells}
     assert len(found) == len(cells)  # one cell per slot
     return found
 
@@ -66,11 +66,11 @@ def test_one_run_covers_every_keras_backend(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     found = slots(together)
-    assert {key[2] for key in found} == {"tensorflow", "torch", "jax"}
+    assert {key.backend for key in found} == {"tensorflow", "torch", "jax"}
     for backend in ("tensorflow", "torch", "jax"):
         alone = tmp_path / f"{backend}.json"
         proc = subprocess.run([sys.executable, "-m", "conformance", *args, "-o", str(alone)], cwd=ROOT,
                               env={**env, "KERAS_BACKEND": backend}, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for key, cell in slots(alone).items():
-            assert key[2] == backend and found[key]["verdict"] == cell["verdict"], key
+            assert key.backend == backend and found[key]["verdict"] == cell["verdict"], key

@@ -75,6 +75,8 @@ def _broken(tmp_path, root, old, new, count=1):
     ("(component `mha`)", "(component `attention`)", r"title names component 'attention'"),
     ("### 7.4 Query rows", "### 7.3 Query rows", r"section 7.3: section number used twice"),
     ('"name": "one head by hand",', '"name": "one head by hand"', r"section 10.1: worked example is not valid"),
+    ('"sections": ["6.1", "6.3", "6.4", "6.5", "6.6"],', '"sections": ["6.1", "12"],',
+     r"worked example 'one head by hand' names section 12, which does not exist"),
     ("| `query` | `(B, Lq, d_model)` | float |", "| `query` | `B, Lq, d_model` | float |", r"section 4: input 'query': shape"),
 ])
 def test_malformed_spec_names_file_and_section(tmp_path, root, old, new, message):
@@ -91,3 +93,12 @@ def test_malformed_spec_is_one_line_and_exit_2(tmp_path, root, monkeypatch, caps
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert re.search(r"mha\.md, section 2: parameter 'd_model': empty range", err)
+
+
+def test_a_section_counts_as_enforced_only_when_a_check_names_it(tmp_path, root):
+    """A new §7.5 under a §7 that rows name is not covered by its parent: nothing names it, so the coverage
+    test would fail until a row or worked example does."""
+    path = _broken(tmp_path, root, "## 8. Dropout", "### 7.5 A new rule\n\nQueries do something new.\n\n## 8. Dropout")
+    spec = load_spec(path)
+    assert "7.5" in spec.normative_sections() and "7.5" not in spec.covered_sections()
+    assert "7.4" in spec.covered_sections()

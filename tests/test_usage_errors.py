@@ -84,6 +84,8 @@ CASES = {
     "ledger reference = 3": (lambda t: [*CHECK, "--ledger", _ledger_with(
         t, 'reference = "https://github.com/pytorch/pytorch/issues/160064"', "reference = 3")],
         "reference has the wrong type"),
+    "ledger names a section its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
+        t, 'sections = ["7.4"]', 'sections = ["7.4", "12"]')], "names section 12 of mha, which"),
     "ledger not UTF-8": (lambda t: [*CHECK, "--ledger", str(_write(t / "l.toml", b"\xff\xfe[[deviation]]\n"))],
                          "is not valid TOML: it is not UTF-8 text"),
     "-o an existing directory": (lambda t: [*CHECK, "-o", str(t)], "is a directory; give a file path"),
@@ -93,6 +95,13 @@ CASES = {
     "-o where nothing can be written": (lambda t: [*CHECK, "-o", "/proc/results.json"], "cannot be written"),
     "merge -o a directory": (lambda t: ["merge", str(write(t / "a.json")), "-o", str(t)], "is a directory"),
     "report -o a directory": (lambda t: ["report", str(write(t / "a.json")), "-o", str(t)], "is a directory"),
+    "report --spec-url javascript:": (lambda t: ["report", str(write(t / "a.json")), "-o", str(t / "r.html"),
+                                                 "--spec-url", "javascript:alert(1)//"],
+                                      "is not an http(s) URL or a relative path"),
+    "report --spec-url data:": (lambda t: ["report", str(write(t / "a.json")), "-o", str(t / "r.html"),
+                                           "--spec-url", "data:text/html,<b>x</b>"], "is not an http(s) URL"),
+    "report --spec-url //host": (lambda t: ["report", str(write(t / "a.json")), "-o", str(t / "r.html"),
+                                            "--spec-url", "//example.org/spec"], "is not an http(s) URL"),
 }
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import os
+import warnings
 from typing import Any, Callable, Mapping
 
 from impls import compilation_cache_dir
@@ -108,6 +109,17 @@ elif os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
+
+def softmax(x: Any, axis: int = -1) -> Any:
+    """keras.ops.softmax, without the warning Keras gives when the axis has size 1.
+
+    A key length of 1 is valid input (every query sees one key), and Keras warns
+    about it on every call; the warning is silenced here, around this call only.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
+        return ops.softmax(x, axis=axis)
+
 
 #: How each backend's compiled mode compiles a layer call.
 COMPILERS = {"tensorflow": "tf.function(jit_compile=True)", "jax": "jax.jit",

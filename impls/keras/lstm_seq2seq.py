@@ -15,23 +15,19 @@ spec/lstm_seq2seq.md.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Mapping
 
 import keras
 import numpy as np
 from keras import ops
 
-from impls.keras import KerasImplementation
-
-# A source of length 1 is valid (every step attends to one state); Keras warns about it on every call.
-warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
+from impls.keras import KerasImplementation, softmax
 
 
 def attention_readout(h, hs_enc, output_kernel, output_bias):
     """§6.4-6.5 for one decoder state h (B, hidden) over hs_enc (B, S, hidden): (weights, logits)."""
     scores = ops.einsum("bk,bsk->bs", h, hs_enc)  # (B, S), not scaled
-    a = ops.softmax(scores, axis=-1)
+    a = softmax(scores, axis=-1)  # a source of length 1 is valid: every step attends to one state
     context = ops.einsum("bs,bsk->bk", a, hs_enc)  # (B, hidden)
     features = ops.concatenate([context, h], axis=-1)  # (B, 2*hidden): context first
     return a, ops.einsum("bk,kv->bv", features, output_kernel) + output_bias  # (B, S), (B, tgt_vocab)

@@ -11,16 +11,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
-from impls.keras import KerasImplementation
+from impls.keras import KerasImplementation, softmax
 
-# A key length of 1 is a valid input (every query sees one key); Keras warns about it on every call.
-warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
 
 
 @keras.saving.register_keras_serializable(package="conformance")
@@ -56,11 +53,11 @@ class MultiHeadAttention(keras.layers.Layer):
 
         scores = ops.einsum("bhqk,bhsk->bhqs", q, k) / math.sqrt(self.d_head)  # (B, H, Lq, Lk), §6.3
         if attention_mask is None:
-            weights = ops.softmax(scores, axis=-1)
+            weights = softmax(scores, axis=-1)
         else:
             B, Lq, Lk = ops.shape(query)[0], ops.shape(query)[1], ops.shape(key)[1]
             mask = ops.expand_dims(ops.broadcast_to(attention_mask, (B, Lq, Lk)), 1)  # (B, 1, Lq, Lk), §7.2
-            weights = ops.softmax(ops.where(mask, scores, float("-inf")), axis=-1)
+            weights = softmax(ops.where(mask, scores, float("-inf")), axis=-1)
             weights = ops.where(mask, weights, ops.zeros_like(weights))  # rows with no visible key -> 0, §7.4
         weights = self.dropout(weights, training=training)
 

@@ -1,0 +1,254 @@
+"""The registry: every implementation the harness can run, as `Registered` records, and plug-in loading.
+
+Our implementations (impls/<framework>/<component>.py) and the adapters of
+the frameworks' own layers (impls.FRAMEWORK_LAYERS) are known without
+importing any framework; plug-ins come as `package.module:attr` or
+`path/to/file.py:attr`, or are installed under the entry-point group
+`conformance.implementations`. The protocol an implementation follows is
+written in impls/__init__.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Mapping
+
+from conformance.vocabulary import DEFAULT_DTYPES, UsageError
+from impls import FRAMEWORK_LAYERS, OUR_FRAMEWORKS
+
+ENTRY_POINT_GROUP = "conformance.implementations"
+
+# Which importable modules a framework needs. Keras also needs its backend.
+FRAMEWORK_MODULES = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras",)}
+
+
+def keras_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
+def missing_modules(framework: str) -> list[str]:
+    modules = list(FRAMEWORK_MODULES.get(framework, ()))
+    if framework == "keras":
+        modules.append(keras_backend())
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+@dataclass
+class Registered:
+    """One implementation as the harness sees it: metadata, and the object once loaded."""
+
+    component: str
+    name: str
+    framework: str
+    target: str  # "module:attr" or "path/file.py:attr"
+    source: str  # "builtin", "plugin" or "entry point"
+    _obj: Any = None
+
+    def unavailable_reason(self) -> str | None:
+        missing = missing_modules(self.framework)
+        if missing:
+            return f"not installed: {', '.join(missing)}"
+        return None
+
+    @property
+    def label(self) -> str:
+        """How results name it: a plug-in by its target, so that the name alone finds it again."""
+        return self.target if self.source == "plugin" else self.name
+
+    def load(self) -> Any:
+        if self._obj is None:
+            self._obj = load_target(self.target)
+        return self._obj
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.load(), "dtypes", DEFAULT_DTYPES))
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(getattr(self.load(), "modes", ("eager",)))
+
+    def devices(self) -> list[str]:
+        devices = getattr(self.load(), "devices", None)
+        return list(devices()) if callable(devices) else ["cpu"]
+
+    def backend(self) -> str | None:
+        backend = getattr(self.load(), "backend", None)
+        return backend() if callable(backend) else None
+
+    def environment(self) -> dict[str, Any]:
+        environment = getattr(self.load(), "environment", None)
+        return dict(environment()) if callable(environment) else {}
+
+    def outputs(self, spec_outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The spec outputs this implementation returns; all of them unless it says otherwise."""
+        declared = getattr(self.load(), "outputs", None)
+        if declared is None:
+            return tuple(spec_outputs)
+        unknown = [o for o in declared if o not in spec_outputs]
+        if unknown or not declared:
+            raise UsageError(f"{self.label} declares outputs {tuple(declared)}; they must be a non-empty "
+                             f"subset of the spec's: {', '.join(spec_outputs)}")
+        return tuple(declared)
+
+    def unsupported_config(self, config: Mapping[str, Any]) -> str | None:
+        """Why this implementation cannot express `config`, or None when it can (or does not say)."""
+        supports = getattr(self.load(), "supports", None)
+        return supports(config) if callable(supports) else None
+
+    def compiles_per_shape(self, mode: str) -> bool:
+        """Whether each new input shape costs a compilation in `mode`: by default, in the compiled mode only."""
+        says = getattr(self.load(), "compiles_per_shape", None)
+        return bool(says(mode)) if callable(says) else mode != "eager"
+
+    def compilations(self) -> dict[str, int]:
+        """The framework's running compilation counts in this process, as the implementation reports them."""
+        counts = getattr(self.load(), "compilations", None)
+        return {k: int(v) for k, v in counts().items()} if callable(counts) else {}
+
+
+def _builtins() -> list[Registered]:
+    from conformance.spec import list_components
+
+    components = list_components()
+    ours = [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
+            for c in components for fw in OUR_FRAMEWORKS]
+    return ours + [Registered(c, name, fw, target, "builtin")
+                   for c, name, fw, target in FRAMEWORK_LAYERS if c in components]
+
+
+def builtin(component: str, name: str) -> Registered:
+    for r in _builtins():
+        if r.component == component and r.name == name:
+            return r
+    raise UsageError(f"no built-in implementation {name!r} of {component!r}")
+
+
+def registry() -> list[Registered]:
+    """Built-in implementations, then those installed under the entry-point group (imported here:
+    `conformance list` uses this; `check` and `run` import plug-ins in worker processes instead)."""
+    found = _builtins()
+    for name, value in entry_point_targets():
+        try:
+            obj = load_target(value)
+            found.append(_describe(obj, value, "entry point", default_name=name))
+        except Exception as e:  # a broken plug-in is listed, not fatal
+            found.append(Registered("?", name, "?", value, f"entry point (broken: {e})"))
+    return found
+
+
+def builtins() -> list[Registered]:
+    """The built-in implementations, known without importing any framework."""
+    return _builtins()
+
+
+def entry_point_targets() -> list[tuple[str, str]]:
+    """(name, "module:attr") of each implementation installed under the entry-point group, not imported."""
+    return [(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def load_target(target: str) -> Any:
+    """Import `package.module:attr` or `path/to/file.py:attr`; instantiate it if it is a class.
+
+    Whatever goes wrong is a UsageError of one line: for a plug-in that fails to
+    import or to construct, its file and line and the first line of its error.
+    """
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{target!r} is not of the form package.module:attr or path/to/file.py:attr")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise UsageError(f"no such file {module_name!r} (from {target!r})")
+        # like running a script: the file's folder is importable, so it can import its neighbours
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        spec = importlib.util.spec_from_file_location(f"_conformance_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module_name.startswith(e.name):  # the module itself, or its package
+                raise UsageError(f"cannot import {module_name!r} (from {target!r}): {e}") from None
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
+        except Exception as e:
+            raise UsageError(f"cannot import {target!r}: {_failure(e)}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        public = [n for n in vars(module) if not n.startswith("_")]
+        raise UsageError(f"{module_name!r} has no attribute {attr!r}; it has: {', '.join(public)}") from None
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as e:
+            raise UsageError(f"cannot construct {target!r} (it is called with no arguments): "
+                             f"{_failure(e, obj)}") from None
+    return obj
+
+
+def _failure(e: BaseException, cls: type | None = None) -> str:
+    """`file:line: Type: the first line of the message`, the line being where the error arose."""
+    import inspect
+    import traceback
+
+    where = None
+    if isinstance(e, SyntaxError) and e.filename:
+        where, message = f"{e.filename}:{e.lineno}", e.msg
+    else:
+        message = str(e)
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if f.filename != __file__ and "importlib" not in f.filename and not f.filename.startswith("<")]
+        if frames:
+            where = f"{frames[-1].filename}:{frames[-1].lineno}"
+        elif cls is not None:  # raised at the call itself, e.g. missing arguments: point at the class
+            try:
+                where = f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+            except (OSError, TypeError):
+                pass
+    first = (message.strip().splitlines() or [""])[0]
+    return f"{where + ': ' if where else ''}{type(e).__name__}{': ' + first if first else ''}"
+
+
+def _describe(obj: Any, target: str, source: str, default_name: str) -> Registered:
+    if not isinstance(getattr(obj, "component", None), str) or not callable(getattr(obj, "build", None)):
+        raise UsageError(f"{target!r} is not an implementation: it needs a 'component' string "
+                         "and a build(config, *, dtype, device) method (see impls/__init__.py)")
+    r = Registered(obj.component, getattr(obj, "name", default_name), getattr(obj, "framework", "numpy"),
+                   target, source)
+    r._obj = obj
+    return r
+
+
+def resolve(component: str, name_or_target: str) -> Registered:
+    """A registered implementation by name, or a plug-in given as module:attr / file.py:attr."""
+    if ":" in name_or_target:
+        attr = name_or_target.rpartition(":")[2]
+        r = _describe(load_target(name_or_target), name_or_target, "plugin", default_name=attr)
+        if r.component != component:
+            raise UsageError(f"{name_or_target!r} implements {r.component!r}, not {component!r}")
+        return r
+    return by_name(component, name_or_target, registry())
+
+
+def by_name(component: str, name: str, registered: list[Any]) -> Any:
+    """The one of `registered` (anything with `component` and `name`) that is `name` of `component`."""
+    candidates = [r for r in registered if r.component == component]
+    for r in candidates:
+        if r.name == name:
+            return r
+    names = ", ".join(r.name for r in candidates) or "none"
+    raise UsageError(f"unknown implementation {name!r} of {component!r}; "
+                     f"registered: {names}; or give a plug-in as package.module:attr or file.py:attr")
