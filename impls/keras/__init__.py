@@ -115,7 +115,11 @@ def softmax(x: Any, axis: int = -1) -> Any:
 
     A key length of 1 is valid input (every query sees one key), and Keras warns
     about it on every call; the warning is silenced here, around this call only.
+    Only then: torch.compile cannot trace the warnings machinery and would break
+    the graph there, so other sizes (known when tracing) call Keras directly.
     """
+    if x.shape[axis] != 1:
+        return ops.softmax(x, axis=axis)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using a softmax over axis -1 of a tensor of shape")
         return ops.softmax(x, axis=axis)
