@@ -1,18 +1,14 @@
 """spec/embedding.md: wrong implementations rejected, converters, the Keras layer, and PyTorch's own layers.
 
 Keras runs on the backend of this process (KERAS_BACKEND, default tensorflow);
-one subprocess runs the Keras implementation on the torch backend as well.
+tests/test_components.py runs the Keras implementation on the torch backend.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +18,6 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.vocabulary import DTYPES
 from conformance.registry import resolve
 
 from checks import keras_round_trip, rejected
@@ -213,16 +208,3 @@ def test_keras_layer_rejects_bad_arguments(bad, message):
     with pytest.raises(ValueError) as info:
         TokenAndPositionEmbedding(**args)
     assert message in str(info.value)
-
-
-def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
-    """Keras fixes its backend once per process, so the torch backend runs in its own."""
-    if not keras_installed or importlib.util.find_spec("torch") is None:
-        pytest.skip("Keras or PyTorch is not installed")
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "embedding", "--impl", "keras",
-                           "--mode", "eager", "--device", "cpu", "--examples", "40", "-o", str(out)],
-                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    cells = json.loads(out.read_text())["cells"]
-    assert {(c["backend"], c["dtype"], c["verdict"]) for c in cells} == {("torch", d, "conformant") for d in DTYPES}

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,7 +12,6 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.vocabulary import DTYPES
 from conformance.registry import resolve
 
 from checks import keras_round_trip, rejected
@@ -212,14 +208,3 @@ def test_layer_norm_defaults_are_as_the_spec_says():
         import keras
 
         assert keras.layers.LayerNormalization().epsilon == 1e-3
-
-
-@pytest.mark.skipif(not keras_installed or importlib.util.find_spec("torch") is None,
-                    reason="Keras or its torch backend is not installed")
-def test_keras_implementation_conforms_on_the_torch_backend():
-    """The other backends run in the calibration; this one is cheap enough for every test run."""
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "encoder_block", "--impl", "keras",
-                           "--mode", "eager", "--device", "cpu", "--examples", "30"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert f"{len(DTYPES)} conformant" in proc.stdout and "keras[torch]" in proc.stdout

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,6 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.vocabulary import DTYPES
 from conformance.registry import resolve
 
 from checks import keras_round_trip, rejected
@@ -165,14 +161,3 @@ def test_keras_gelu_defaults_are_as_the_spec_says():
     np.testing.assert_allclose(ops.convert_to_numpy(keras.layers.Activation("gelu")(h)), GELU, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(ops.gelu(h)), GELU_TANH, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ops.convert_to_numpy(ops.gelu(h, approximate=False)), GELU, rtol=0, atol=1e-6)
-
-
-@pytest.mark.skipif(not keras_installed or importlib.util.find_spec("torch") is None,
-                    reason="Keras or its torch backend is not installed")
-def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
-    """The other backends run in the calibration; this one is cheap enough for every test run."""
-    env = {**os.environ, "KERAS_BACKEND": "torch"}
-    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "ffn", "--impl", "keras",
-                           "--mode", "eager", "--device", "cpu", "--examples", "30"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert f"{len(DTYPES)} conformant" in proc.stdout and "keras[torch]" in proc.stdout

@@ -4,10 +4,6 @@ frameworks' own LSTM layers recomputing the worked examples."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +13,6 @@ import pytest
 from conformance import generate
 from conformance.engine import NonConformance, Runner, run_cell
 from conformance.spec import load_spec
-from conformance.vocabulary import DTYPES
 from conformance.registry import builtin, resolve
 
 from checks import keras_round_trip, rejected
@@ -208,16 +203,3 @@ def test_keras_layer_rejects_bad_arguments(bad, message):
     with pytest.raises(ValueError) as info:
         LSTMClassifier(**{"d_in": 2, "hidden": 3, "num_layers": 1, "num_classes": 2, **bad})
     assert message in str(info.value)
-
-
-def test_keras_implementation_conforms_on_the_torch_backend(tmp_path):
-    """The Keras layer on a second backend, in its own process (tests/test_mha.py runs every backend for mha)."""
-    if not keras_installed or not torch_installed:
-        pytest.skip("Keras or PyTorch is not installed")
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "conformance", "check", "lstm_classifier", "--impl", "keras",
-                           "--mode", "eager", "--device", "cpu", "--examples", "20", "-o", str(out)],
-                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    cells = json.loads(out.read_text())["cells"]
-    assert {(c["backend"], c["dtype"], c["verdict"]) for c in cells} == {("torch", d, "conformant") for d in DTYPES}
