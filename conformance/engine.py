@@ -44,10 +44,14 @@ from conformance.vocabulary import DEVICES, DTYPES, MODES, numpy_dtype, Verdict
 from impls import compilation_cache_dir
 
 
-def _keep_hypothesis_files_out_of_the_working_folder() -> None:
+def keep_hypothesis_files_out_of_the_working_folder() -> None:
     """Hypothesis writes a cache of the constants in local code under ./.hypothesis even with its
     database off; point it at our cache folder (or a temporary one when that is off) unless the
-    user chose a place with HYPOTHESIS_STORAGE_DIRECTORY."""
+    user chose a place with HYPOTHESIS_STORAGE_DIRECTORY.
+
+    For the worker processes only (conformance/workers.py): the setting is process-wide, and in a
+    process that imports this package for its own tests it would move that project's database.
+    """
     if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
         return
     from hypothesis.configuration import set_hypothesis_home_dir
@@ -57,8 +61,6 @@ def _keep_hypothesis_files_out_of_the_working_folder() -> None:
         folder = Path(tempfile.gettempdir()) / f"nn-conformance-hypothesis-{os.getuid()}"
     set_hypothesis_home_dir(folder)
 
-
-_keep_hypothesis_files_out_of_the_working_folder()
 
 #: Shapes per cell where each new shape compiles (`Registered.compiles_per_shape`), at least one per
 #: stratum. The same number serves both modes; a new shape costs more in the eager mode, where Keras on JAX

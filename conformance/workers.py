@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import cloudpickle
 
 from conformance.deviations import Deviation
-from conformance.engine import CellResult, Event, machine, repro_command, run_cell
+from conformance.engine import (CellResult, Event, keep_hypothesis_files_out_of_the_working_folder, machine, repro_command,
+                                run_cell)
 from conformance.spec import Spec
 from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, builtins, by_name, entry_point_targets,
                                   load_target)
@@ -210,6 +211,7 @@ def _serve(conn: Connection, parent: int, env: Mapping[str, str]) -> None:
     _die_with(parent)
     os.dup2(2, 1)  # an implementation's prints go to stderr: results travel over `conn` only
     os.environ.update(env)
+    keep_hypothesis_files_out_of_the_working_folder()
     loaded: dict[ImplRef, Registered] = {}
     while True:
         try:

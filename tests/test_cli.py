@@ -145,3 +145,16 @@ def test_a_run_leaves_nothing_in_the_working_folder(root, tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert list(work.iterdir()) == []
     assert (tmp_path / "cache" / "hypothesis").is_dir()
+
+
+def test_importing_the_package_leaves_hypothesis_where_the_user_has_it(tmp_path):
+    """Only our worker processes move hypothesis's files; a project that imports conformance for its own tests
+    keeps its hypothesis database where it was."""
+    code = ("import conformance, conformance.engine\n"
+            "from hypothesis.configuration import storage_directory\n"
+            "print(storage_directory('examples', intent_to_write=False).path)")
+    env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / ".hypothesis" / "examples")
