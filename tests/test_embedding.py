@@ -192,19 +192,3 @@ def test_keras_layer_round_trips_through_config(spec):
         layer.build()
         load_canonical(layer, w)
         keras_round_trip(layer, load_canonical, w, x["tokens"])
-
-
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-@pytest.mark.parametrize("bad, message", [
-    ({"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
-    ({"d_model": 2.5}, "d_model must be a positive integer, got 2.5"),
-    ({"positional": "rotary"}, "positional must be one of learned, sinusoidal, got 'rotary'"),
-    ({"scale": "yes"}, "scale must be True or False, got 'yes'"),
-])
-def test_keras_layer_rejects_bad_arguments(bad, message):
-    from impls.keras.embedding import TokenAndPositionEmbedding
-
-    args = {"vocab_size": 5, "d_model": 4, "max_len": 8, "positional": "learned", "scale": False, **bad}
-    with pytest.raises(ValueError) as info:
-        TokenAndPositionEmbedding(**args)
-    assert message in str(info.value)
