@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.spec import list_components
+from conformance.engine import run_cell
+from conformance.registry import resolve
+from conformance.spec import list_components, load_spec
 from conformance.vocabulary import DTYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +101,17 @@ def test_our_keras_layer_rejects_bad_arguments_by_name(component, bad, message):
     with pytest.raises(ValueError) as info:
         layer(**{**good, **bad})
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("component", list_components())
+def test_the_control_beside_the_wrong_implementations_is_conformant(component):
+    """tests/wrong_<component>.py's `Correct`, the control its mistakes are variations of: conformant over the
+    search and every worked example, on every float output, within a tenth of its budget (the calibration rule,
+    spec/README.md)."""
+    spec = load_spec(ROOT / "spec" / f"{component}.md")
+    cell = run_cell(spec, resolve(component, f"{ROOT / 'tests' / f'wrong_{component}.py'}:Correct"), "float32", "cpu",
+                    max_examples=60)
+    assert cell.verdict == "conformant", cell.reason
+    assert cell.examples >= 60 + len(spec.examples)
+    assert set(cell.max_error) == {o.name for o in spec.outputs.values() if o.dtype == "float"}
+    assert 0 < cell.max_ratio <= 0.1 and cell.p99_ratio <= cell.max_ratio

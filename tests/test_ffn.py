@@ -60,12 +60,6 @@ def test_transposed_second_projection_is_caught_by_the_layout_example(root, ffn_
     assert cell.reason.startswith("worked example 'relu and layout by hand'")
 
 
-def test_the_control_is_conformant(root, ffn_spec):
-    cell = run_cell(ffn_spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=30)
-    assert cell.verdict == "conformant", cell.reason
-    assert 0 < cell.max_ratio <= 1
-
-
 def _arrays(ffn_spec, **config):
     example = {"B": 2, "T": 3, "activation": "gelu", "dropout": 0.0, "seed": 1, "scale_exp": 0, **config}
     weights, inputs = generate.make_arrays(ffn_spec, example)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conformance import generate
-from conformance.engine import NonConformance, Runner, run_cell
+from conformance.engine import NonConformance, Runner
 from conformance.spec import load_spec
 from conformance.registry import builtin, resolve
 
@@ -117,14 +117,6 @@ def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, sp
     plainest = {"d_in": 1, "hidden": 1, "num_layers": 1, "num_classes": 1, "B": 1, "T": 1, "scale_exp": 0}
     assert {k: ex[k] for k in plainest} == {**plainest, **shrunk}, ex
     assert ex["seed"] <= 10
-
-
-def test_the_control_is_conformant(root, spec):
-    cell = run_cell(spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=60)
-    assert cell.verdict == "conformant", cell.reason
-    assert cell.examples >= 60 + len(spec.examples)
-    assert 0 < cell.max_ratio <= 0.1  # §8.2: a correct implementation stays at a tenth of its budget
-    assert set(cell.max_error) == set(OUTPUTS)
 
 
 @pytest.mark.parametrize("name", [c[0] for c in CASES])

@@ -59,12 +59,6 @@ def test_worked_examples_catch_what_one_random_example_misses(root, spec, name, 
     assert cell.verdict == "non-conformant" and cell.reason.startswith(f"worked example {example!r}"), cell.reason
 
 
-def test_the_control_is_conformant(root, spec):
-    cell = run_cell(spec, _plugin(root, "Correct"), "float32", "cpu", max_examples=100)
-    assert cell.verdict == "conformant", cell.reason
-    assert 0 < cell.max_ratio <= 0.2 and set(cell.max_error) == {"logits", "attention_weights"}
-
-
 def test_torch_implementation_in_float32_is_conformant(spec):
     pytest.importorskip("torch", reason="PyTorch is not installed")
     cell = run_cell(spec, builtin("lstm_seq2seq", "torch"), "float32", "cpu", max_examples=100)
