@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            # As the command (argv None: sys.argv), the run is over and its files are written: a SIGTERM
+            # while the interpreter exits would change nothing but the exit status, so it is ignored.
+            # Called from Python, the caller's handler comes back.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if argv is None else previous)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -158,3 +158,16 @@ def test_importing_the_package_leaves_hypothesis_where_the_user_has_it(tmp_path)
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / ".hypothesis" / "examples")
+
+
+def test_a_sigterm_after_the_command_has_finished_keeps_its_exit_status(tmp_path):
+    """The moment between the command's end and the process's exit: the work is done and written, so a SIGTERM
+    then is ignored and the exit status stays the command's (a run's 0 or 1, not death by the signal)."""
+    code = ("import os, signal, sys\n"
+            "from conformance.cli import main\n"
+            "sys.argv = ['conformance', 'list']\n"
+            "status = main()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "sys.exit(status)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
