@@ -470,7 +470,7 @@ def _compilations(impl: Registered) -> dict[str, int]:
         return {}
 
 
-def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[str | None, str | None]:
+def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[Verdict | None, str | None]:
     """(verdict, reason) for a cell that cannot run here, (None, None) for one that can."""
     missing = impl.unavailable_reason()
     if missing is not None:
@@ -482,7 +482,7 @@ def cell_status(impl: Registered, dtype: str, device: str, mode: str) -> tuple[s
     present = impl.devices()
     if device not in present:
         return Verdict.NOT_AVAILABLE, (f"device {device} not available on this machine; "
-                                 f"{impl.framework} sees: {', '.join(present)}")
+                                       f"{impl.framework} sees: {', '.join(present)}")
     return None, None
 
 

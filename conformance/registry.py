@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
+from conformance.spec import list_components
 from conformance.vocabulary import DEFAULT_DTYPES, UsageError
 from impls import FRAMEWORK_LAYERS, OUR_FRAMEWORKS
 
@@ -47,7 +48,7 @@ class Registered:
     name: str
     framework: str
     target: str  # "module:attr" or "path/file.py:attr"
-    source: str  # "builtin", "plugin" or "entry point"
+    source: str  # "builtin" (shipped with this project: `builtins`), "plugin" or "entry point"
     _obj: Any = None
 
     def unavailable_reason(self) -> str | None:
@@ -113,9 +114,9 @@ class Registered:
         return {k: int(v) for k, v in counts().items()} if callable(counts) else {}
 
 
-def _builtins() -> list[Registered]:
-    from conformance.spec import list_components
-
+def builtins() -> list[Registered]:
+    """What ships with this project ("builtin" as a `source`): our implementations of every component and
+    the adapters of the frameworks' own layers, known without importing any framework."""
     components = list_components()
     ours = [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
             for c in components for fw in OUR_FRAMEWORKS]
@@ -124,7 +125,7 @@ def _builtins() -> list[Registered]:
 
 
 def builtin(component: str, name: str) -> Registered:
-    for r in _builtins():
+    for r in builtins():
         if r.component == component and r.name == name:
             return r
     raise UsageError(f"no built-in implementation {name!r} of {component!r}")
@@ -133,7 +134,7 @@ def builtin(component: str, name: str) -> Registered:
 def registry() -> list[Registered]:
     """Built-in implementations, then those installed under the entry-point group (imported here:
     `conformance list` uses this; `check` and `run` import plug-ins in worker processes instead)."""
-    found = _builtins()
+    found = builtins()
     for name, value in entry_point_targets():
         try:
             obj = load_target(value)
@@ -141,11 +142,6 @@ def registry() -> list[Registered]:
         except Exception as e:  # a broken plug-in is listed, not fatal
             found.append(Registered("?", name, "?", value, f"entry point (broken: {e})"))
     return found
-
-
-def builtins() -> list[Registered]:
-    """The built-in implementations, known without importing any framework."""
-    return _builtins()
 
 
 def entry_point_targets() -> list[tuple[str, str]]:

@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import cloudpickle
 
 from conformance.deviations import Deviation
-from conformance.engine import (CellResult, Event, keep_hypothesis_files_out_of_the_working_folder, machine, repro_command,
-                                run_cell)
+from conformance.engine import (CellResult, Event, keep_hypothesis_files_out_of_the_working_folder, machine,
+                                repro_command, run_cell)
 from conformance.spec import Spec
 from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, builtins, by_name, entry_point_targets,
                                   load_target)

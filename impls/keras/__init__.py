@@ -110,6 +110,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
+
 def softmax(x: Any, axis: int = -1) -> Any:
     """keras.ops.softmax, without the warning Keras gives when the axis has size 1.
 
