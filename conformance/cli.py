@@ -29,7 +29,7 @@ from conformance.spec import Spec, SpecError, find_spec_dir, list_components, lo
 from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
                                  resolve_ref)
 from conformance.vocabulary import DEVICES, DTYPES, impl_label, KERAS_BACKENDS, MODES, UsageError, Verdict
-from conformance.registry import builtins, Registered, registry
+from conformance.registry import shipped, Registered, registry
 
 #: Examples per cell for each profile; --examples overrides.
 PROFILES = {"dev": 25, "ci": 100, "thorough": 1000}
@@ -294,15 +294,15 @@ def _ledger(path: str, probed: list[ImplRef] | None = None) -> list:
     components = list_components()
     if os.environ.get("CONFORMANCE_SPEC_DIR"):  # a folder of some specs: entries for the others do not apply
         ledger = [d for d in ledger if d.component in components]
-    deviations.check_sections(ledger, {s.component: s for s in _specs(None)})
+    deviations.check_against_specs(ledger, {s.component: s for s in _specs(None)})
     if probed is not None:
-        deviations.check_names(ledger, [*builtins(), *probed])
+        deviations.check_names(ledger, [*shipped(), *probed])
     return ledger
 
 
 def _ledger_names_others(ledger: list) -> bool:
     """Whether an entry names an implementation that is not built in (an entry point's, to be imported)."""
-    known = {(r.component, r.label) for r in builtins()}
+    known = {(r.component, r.label) for r in shipped()}
     return any((d.component, d.implementation) not in known for d in ledger)
 
 
@@ -439,7 +439,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     limits = _check_run_args(args)
     specs = _specs(args.component)
     ledger = _ledger(args.ledger)
-    known = sorted({r.framework for r in builtins()})
+    known = sorted({r.framework for r in shipped()})
     for f in args.framework or []:
         if f not in known:
             raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
@@ -449,7 +449,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with Pool(jobs=args.jobs, limits=limits) as pool:
         probed = entry_point_refs(pool)
         _ledger(args.ledger, probed)
-        impls = [ImplRef.of(r) for r in builtins()] + probed
+        impls = [ImplRef.of(r) for r in shipped()] + probed
         impls = [r for r in impls if r.component in {s.component for s in specs}
                  and (not args.framework or r.framework in args.framework)]
         tasks = _tasks(specs, impls, args, ledger)

@@ -5,7 +5,8 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     id             = "torch-mha-fully-masked-row"   # how results and messages name it
     implementation = "torch.nn.MultiheadAttention"  # a registered name (as results label it)
     component      = "mha"
-    condition      = "fully_masked_query_row"       # one of CONDITIONS: which examples it covers
+    condition      = "fully_masked_query_row"       # which examples it covers: "always", or a condition of the
+                                                    #   component's spec (conformance/conditions.py)
     sections       = ["7.4"]                        # the spec sections it departs from
     explanation    = "..."                          # one sentence
     reference      = "https://..."                  # optional: the upstream issue
@@ -30,64 +31,13 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import numpy as np
-
+from conformance import conditions
 from conformance.vocabulary import DEVICES, DTYPES, MODES, UsageError
 
 LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
 
-
-def fully_masked_query_row(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """Some query row has every key masked (mha §7.4)."""
-    mask = inputs.get("attention_mask")
-    if mask is None:
-        return False
-    full = np.broadcast_to(mask, (example["B"], example["Lq"], example["Lk"]))  # (B, Lq, Lk), §7.2
-    return bool((~full).all(axis=-1).any())
-
-
-def padded_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """Some sequence has a padded position: `padding_mask` is given and False somewhere (encoder_block §6)."""
-    mask = inputs.get("padding_mask")
-    return mask is not None and not bool(np.all(mask))
-
-
-def always(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """Every example of the cells the entry names (for a deviation that is a matter of dtype or backend)."""
-    return True
-
-
-def gelu_activation(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """The layer's activation is either GELU, exact or tanh (ffn §6.2, §6.3), not relu."""
-    return example.get("activation") in ("gelu", "gelu_tanh")
-
-
-def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """The layer has one feature, d_model = 1: a layer norm's input then equals its mean, and
-    LN(v) = beta exactly (encoder_block §5.3)."""
-    return example.get("d_model") == 1
-
-
-def score_scale_inexact_in_float32(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    """The score scale 1 / sqrt(d_head) of mha §6.3 is not a float32 number (d_head is not a power of 4),
-    so a framework that rounds it to float32 is off in float64."""
-    if "d_head" not in example:
-        return False
-    scale = 1.0 / np.sqrt(example["d_head"])
-    return bool(np.float32(scale) != scale)
-
-
-#: Conditions an entry may name: a predicate over the example and its input arrays.
-CONDITIONS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], bool]] = {
-    "always": always,
-    "fully_masked_query_row": fully_masked_query_row,
-    "padded_position": padded_position,
-    "gelu_activation": gelu_activation,
-    "single_feature": single_feature,
-    "score_scale_inexact_in_float32": score_scale_inexact_in_float32,
-}
 
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")
 #: Optional fields that narrow an entry to some cells, and the values each may list.
@@ -117,7 +67,7 @@ class Deviation:
         return all(cell[k] in values for k, values in self.scope.items())
 
     def matches(self, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-        return CONDITIONS[self.condition](example, inputs)
+        return conditions.holds(self.component, self.condition, example, inputs)
 
 
 def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Deviation]:
@@ -138,13 +88,12 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
             problems = ([f"unknown fields {', '.join(unknown)}"] if unknown else []) + (
                 [f"missing fields {', '.join(missing)}"] if missing else [])
             raise LedgerError(f"{name}: {'; '.join(problems)}; {valid}")
-        if entry["condition"] not in CONDITIONS:
-            raise LedgerError(f"{name}: unknown condition {entry['condition']!r}; valid: {', '.join(CONDITIONS)}")
-        text = [k for k in ("id", "implementation", "component", "explanation") if not isinstance(entry[k], str)]
+        text = [k for k in ("id", "implementation", "component", "condition", "explanation")
+                if not isinstance(entry[k], str)]
         sections = entry["sections"]
         if text or not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
             raise LedgerError(f"{name}: {', '.join(text) or 'sections'} has the wrong type; id, implementation, "
-                              f"component and explanation are strings, sections a list of strings like \"7.4\"")
+                              f"component, condition and explanation are strings, sections a list of strings like \"7.4\"")
         if not isinstance(entry.get("reference", ""), str):
             raise LedgerError(f"{name}: reference has the wrong type; it is a string, the upstream issue's URL")
         seen_on = entry.get("seen_on", {})
@@ -197,14 +146,19 @@ def entries_for(ledger: list[Deviation], component: str, implementation: str, *,
             and d.applies(dtype=dtype, backend=backend, device=device, mode=mode)]
 
 
-def check_sections(ledger: list[Deviation], specs: dict[str, Any]) -> None:
-    """Every section an entry names exists in its component's spec (`specs`: component -> Spec)."""
+def check_against_specs(ledger: list[Deviation], specs: dict[str, Any]) -> None:
+    """Every section and condition an entry names exists in its component's spec (`specs`: component -> Spec)."""
     for d in ledger:
         spec = specs.get(d.component)
-        missing = [s for s in d.sections if spec is not None and s not in spec.sections]
+        if spec is None:
+            continue
+        missing = [s for s in d.sections if s not in spec.sections]
         if missing:
             raise LedgerError(f"ledger entry {d.id!r} names section {', '.join(missing)} of {d.component}, "
                               f"which {spec.path} does not have; its sections: {', '.join(spec.sections)}")
+        if d.condition != conditions.ALWAYS and d.condition not in spec.conditions:
+            raise LedgerError(f"ledger entry {d.id!r}: unknown condition {d.condition!r}; valid for {d.component}: "
+                              f"{', '.join([conditions.ALWAYS, *spec.conditions])} (the condition table of {spec.path})")
 
 
 def check_names(ledger: list[Deviation], registered: list[Any]) -> None:

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, t
 from hypothesis.errors import Unsatisfiable
 from hypothesis import seed as hypothesis_seed
 
-from conformance import deviations, generate, tolerances
+from conformance import conditions, deviations, evidence, generate, tolerances
 from conformance.deviations import Deviation
 from conformance.spec import Example, Spec, Tensor, evaluate
 from conformance.registry import Registered
@@ -98,9 +98,17 @@ class KnownDeviation(Exception):
 class NonConformance(Exception):
     """One example on which a candidate does not follow the spec."""
 
-    def __init__(self, reason: str, sections: tuple[str, ...] = (), output: str | None = None):
+    def __init__(self, reason: str, sections: tuple[str, ...] = (), output: str | None = None, *,
+                 index: tuple[int, ...] | None = None, bad: np.ndarray | None = None, narrow: bool = False):
         super().__init__(reason)
         self.reason, self.sections, self.output = reason, sections, output
+        self.index = index  # the element of `output` the failure is about, where there is one
+        self.bad = bad  # every element of `output` that breaks the check, where the check is per element
+        # whether the sections are every one the output's row names (or none, for a call that raised), so
+        # that the rule broken is to be found: inside a condition's region (`Runner.check`), or among the
+        # parameters the failure needs (`narrow_by_parameters`)
+        self.narrow = narrow
+        self.inside = False  # whether `sections` are those of the conditions whose region holds every bad element
 
 
 @dataclass
@@ -145,6 +153,9 @@ class CellResult:
     reason: str | None = None  # why not conformant, or why it could not run
     sections: list[str] = field(default_factory=list)  # spec sections of the failure
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
+    # the counterexample's arrays (inputs, weights, the candidate's outputs, the reference's), bounded in size:
+    # what the report draws and offers for download, so that it never runs an implementation (conformance/evidence.py)
+    evidence: dict[str, Any] | None = None
     outputs_compared: list[str] = field(default_factory=list)  # all the spec's, or those the implementation returns
     skipped: int = 0  # examples whose layer config the implementation cannot express (its `supports`)
     skip_reason: str | None = None  # the implementation's reason, for the first of them
@@ -229,6 +240,9 @@ class Runner:
         self.shapes_seen: set[tuple] = set()
         self.compile_seconds = 0.0
         self.conformed_under: dict[str, tuple[Deviation, dict[str, Any]]] = {}  # entry id -> (entry, example)
+        # the arrays of the example `check` ran last: "weights" and "inputs" as the candidate received them,
+        # the float64 "reference" outputs, and the candidate's "outputs" (None when it raised)
+        self.last: dict[str, Any] = {}
 
     def instance(self, config: Mapping[str, Any]) -> Any:
         key = tuple(sorted(config.items()))
@@ -282,6 +296,7 @@ class Runner:
         diagnostics: dict[str, float] = {}
         reference = self.reference(example, generate.cast(weights, "float64"),
                                    generate.cast(inputs, "float64"), diagnostics=diagnostics)
+        self.last = {"weights": weights, "inputs": inputs, "reference": reference, "outputs": None}
         instance = self.instance(config)
         shapes = (tuple(sorted(config.items())),
                   tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
@@ -292,10 +307,11 @@ class Runner:
             instance.load({k: v.copy() for k, v in weights.items()})
             start = time.perf_counter()
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
+            self.last["outputs"] = got
             if first:
                 self.compile_seconds += time.perf_counter() - start
         except Exception as e:
-            raise NonConformance(f"raised {_describe_exception(e)}") from None
+            raise NonConformance(f"raised {_describe_exception(e)}", narrow=True) from None
         finally:
             self.shapes_seen.add(shapes)
 
@@ -307,15 +323,32 @@ class Runner:
         for out in sorted(compared, key=lambda o: o.dtype != "float"):
             value = output_array(got, out)
             check_shape(out, value, self.spec.shape_of(out, example))
-            if out.dtype in ("int", "bool"):
-                check_token_dtype(out, value)
-                check_tokens(out, value, reference[out.name], diagnostics, tolerance)
-                continue
-            check_float_dtype(out, value, self.dtype)
-            check_finite(out, value)
-            errors[out.name], budgets[out.name], tolerance[out.name] = check_within_budget(
-                out, value, reference[out.name], self.dtype, self.spec.budgets[out.name], env)
+            try:
+                if out.dtype in ("int", "bool"):
+                    check_token_dtype(out, value)
+                    check_tokens(out, value, reference[out.name], diagnostics, tolerance)
+                    continue
+                check_float_dtype(out, value, self.dtype)
+                check_finite(out, value)
+                errors[out.name], budgets[out.name], tolerance[out.name] = check_within_budget(
+                    out, value, reference[out.name], self.dtype, self.spec.budgets[out.name], env)
+            except NonConformance as e:
+                raise self.inside_a_condition(e, example, inputs, value.shape) from None
         return Outcome(errors, budgets)
+
+    def inside_a_condition(self, e: NonConformance, example: Mapping[str, Any], inputs: Mapping[str, Any],
+                           shape: tuple[int, ...]) -> NonConformance:
+        """A failure confined to the region of one of the spec's conditions (every element that breaks the
+        check lies inside it) names that condition's sections (NaN only in fully masked rows: §7.4) instead
+        of every section of the output."""
+        if e.bad is None or e.output is None:
+            return e
+        inside = conditions.confining(self.spec, example, inputs, e.output, e.bad)
+        if inside:
+            e.sections = tuple(dict.fromkeys(s for c in inside for s in c.sections))
+            e.reason += "; only where " + " and ".join(f"{c.name} (§{', §'.join(c.sections)})" for c in inside)
+            e.inside = True
+        return e
 
 
 # --- the checks of one example's outputs, each a rule of the spec's output table ---------
@@ -363,8 +396,10 @@ def check_finite(out: Tensor, value: np.ndarray) -> None:
     """Every element of a float output is finite (spec/README.md: a float output is finite everywhere)."""
     if not np.all(np.isfinite(value)):
         bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])
         raise NonConformance(f"output {out.name!r} has {bad} non-finite values (NaN or Inf) "
-                             f"where the spec says finite", out.sections, out.name)
+                             f"where the spec says finite, the first at index {first}", out.sections, out.name,
+                             index=first, bad=~np.isfinite(value), narrow=True)
 
 
 def check_within_budget(out: Tensor, value: np.ndarray, reference: np.ndarray, dtype: str,
@@ -376,8 +411,12 @@ def check_within_budget(out: Tensor, value: np.ndarray, reference: np.ndarray, d
     error = tolerances.error_in_eps(value, reference, dtype, scale)
     allowed = tolerances.K[dtype] * float(evaluate(growth_expr, env))
     if not error <= allowed:
+        worst = _worst_index(value, reference)
+        with np.errstate(invalid="ignore"):  # inf - inf: a non-finite element counts as over
+            over = ~(np.abs(value.astype(np.float64) - reference) <= allowed * tolerances.EPS[dtype] * scale)
         raise NonConformance(f"output {out.name!r} differs from the reference by {error:.4g} eps, "
-                             f"budget {allowed:.4g} eps ({_worst_element(value, reference)})", out.sections, out.name)
+                             f"budget {allowed:.4g} eps (at index {worst}: got {value[worst]!r}, reference "
+                             f"{reference[worst]!r})", out.sections, out.name, index=worst, bad=over, narrow=True)
     return error, allowed, allowed * tolerances.EPS[dtype] * scale
 
 
@@ -398,13 +437,12 @@ def check_tokens(out: Tensor, value: np.ndarray, reference: np.ndarray, diagnost
     if differs.any():
         idx = tuple(int(i) for i in np.argwhere(differs)[0])
         raise NonConformance(f"output {out.name!r} differs at index {idx}: got {value[idx]}, "
-                             f"reference {reference[idx]}", out.sections, out.name)
+                             f"reference {reference[idx]}", out.sections, out.name, index=idx, bad=differs, narrow=True)
 
 
-def _worst_element(candidate: np.ndarray, reference: np.ndarray) -> str:
+def _worst_index(candidate: np.ndarray, reference: np.ndarray) -> tuple[int, ...]:
     diff = np.abs(candidate.astype(np.float64) - reference)
-    idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
-    return f"at index {tuple(int(i) for i in idx)}: got {candidate[idx]!r}, reference {reference[idx]!r}"
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
 
 
 def _describe_exception(e: BaseException) -> str:
@@ -516,6 +554,7 @@ class Recorder:
             self.deviated.append(e)
             if self.result.counterexample is None and ex is not None:  # the first one the search found, to replay
                 self.result.counterexample = dict(ex)
+                self.result.evidence = evidence.keep(self.runner.last, self.spec)
             return "deviated"
         self.record(ex, outcome)
         return outcome
@@ -546,13 +585,16 @@ class Recorder:
         r = self.result
         return repro_command(self.spec.component, r.implementation, r.dtype, r.device, ex, r.mode)
 
-    def fail(self, ex: dict[str, Any] | None, e: NonConformance, what: str) -> None:
-        """The cell is non-conformant: `what` failed (the example, a worked example, the ledger) for `e`."""
+    def fail(self, ex: dict[str, Any] | None, e: NonConformance, what: str,
+             arrays: Mapping[str, Any] | None = None) -> None:
+        """The cell is non-conformant: `what` failed (the example, a worked example, the ledger) for `e`;
+        `arrays`: that example's (`Runner.last`), where it ran."""
         self._summarise()
         result = self.result
         result.verdict, result.reason = Verdict.NON_CONFORMANT, f"{what}: {e.reason}"
         result.sections = [f"{self.spec.component} §{s}" for s in e.sections]
         result.counterexample = ex
+        result.evidence = evidence.keep(arrays, self.spec) if arrays else None
         result.repro = self._repro(ex)
 
     def finish(self) -> None:
@@ -587,7 +629,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         try:
             cell.attempt(lambda: runner.run(example), example)
         except NonConformance as e:
-            return cell.fail(dict(example), e, "example")
+            arrays = runner.last
+            return cell.fail(dict(example), narrow_by_parameters(runner, example, e), "example", arrays)
         return cell.finish()
 
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
@@ -599,7 +642,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         groups = None
         if runner.pooled:
             groups = generate.shape_groups(spec, fixed, max(1, COMPILED_SHAPES // len(strata)), rng)
-        failure: list[tuple[dict[str, Any], NonConformance]] = []
+        failure: list[tuple[dict[str, Any], NonConformance, dict[str, Any]]] = []
 
         @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
@@ -610,7 +653,7 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
             try:
                 outcome = cell.attempt(lambda: runner.run(ex), ex)
             except NonConformance as e:
-                failure.append((dict(ex), e))  # the last one recorded is the shrunk minimum
+                failure.append((dict(ex), e, runner.last))  # the last one recorded is the shrunk minimum
                 raise
             if isinstance(outcome, Outcome):
                 target(outcome.ratio, label="error/budget")
@@ -622,8 +665,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         except Unsatisfiable:  # every example of this stratum had a config the implementation cannot express
             pass
         except NonConformance:
-            ex, e = failure[-1]
-            return cell.fail(ex, e, "example")
+            ex, e, arrays = failure[-1]
+            return cell.fail(ex, narrow_by_parameters(runner, ex, e), "example", arrays)
 
     # Then the spec's worked examples, the hand-checked cases (after the search,
     # so that a mistake both would catch is reported with a shrunk example).
@@ -639,8 +682,48 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
             cell.attempt(lambda: runner.run_worked(worked), None)
         except NonConformance as e:
             e.sections = tuple(worked.sections)
-            return cell.fail(None, e, f"worked example {worked.name!r}")
+            return cell.fail(None, e, f"worked example {worked.name!r}", runner.last)
     cell.finish()
+
+
+def narrow_by_parameters(runner: Runner, example: Mapping[str, Any], e: NonConformance) -> NonConformance:
+    """Name the sections of the parameters a failure needs, where no narrower rule named its own.
+
+    For each parameter the (shrunk) failing example does not hold at its domain's
+    first value, the example is run again with that value; if it then passes, the
+    failure needs the parameter, and the parameter's row names the rules it
+    takes part in (dropout at inference fails only with dropout > 0: §8). The
+    reason says which replays passed. A replay that lands in a special case the
+    spec's conditions single out, and the failing example did not, is left out:
+    there a mistake may vanish for reasons of its own (with d_model = 1 a layer
+    norm gives beta whatever came before it). Where none does, the sections stay those
+    of the output's row. Only for a failing cell, so its cost (a run apiece) is
+    paid once.
+    """
+    if not e.narrow:
+        return e
+    spec, needed = runner.spec, []
+    special = conditions.special_cases(spec, example, generate.make_arrays(spec, example)[1])
+    for param in spec.params.values():
+        first = param.domain[0]
+        if example.get(param.name, first) == first or not param.sections:
+            continue
+        trial = {**example, param.name: first}
+        try:
+            if conditions.special_cases(spec, trial, generate.make_arrays(spec, trial)[1]) - special:
+                continue  # a case the spec singles out (d_model = 1, where a layer norm gives beta): no evidence
+            runner.run(trial)
+        except Exception:  # still fails there, deviates as recorded, or cannot be built: not telling
+            continue
+        needed.append((param, first))
+    if needed:
+        found = [s for param, _ in needed for s in param.sections]
+        # a region that held the failure still comes first: in a small shrunk example it may hold the
+        # failure by chance (the one position that differs is a padded one), so the parameters are added
+        e.sections = tuple(dict.fromkeys([*e.sections, *found] if e.inside else found))
+        e.reason += "; it passes with " + " or ".join(
+            f"{param.name} = {first!r} (§{', §'.join(param.sections)})" for param, first in needed)
+    return e
 
 
 def run_matrix(specs: list[Spec], impls: list[Registered], *, dtypes: list[str] | None = None,

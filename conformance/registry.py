@@ -1,7 +1,7 @@
 """The registry: every implementation the harness can run, as `Registered` records, and plug-in loading.
 
 Our implementations (impls/<framework>/<component>.py) and the adapters of
-the frameworks' own layers (impls.FRAMEWORK_LAYERS) are known without
+the frameworks' own layers (the records of conformance/components.py) are known without
 importing any framework; plug-ins come as `package.module:attr` or
 `path/to/file.py:attr`, or are installed under the entry-point group
 `conformance.implementations`. The protocol an implementation follows is
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from conformance.spec import list_components
-from conformance.vocabulary import DEFAULT_DTYPES, UsageError
-from impls import FRAMEWORK_LAYERS, OUR_FRAMEWORKS
+from conformance.vocabulary import DEFAULT_DTYPES, ENTRY_POINT, PLUGIN, SHIPPED, UsageError
+from conformance.components import COMPONENTS
+from impls import OUR_FRAMEWORKS
 
 ENTRY_POINT_GROUP = "conformance.implementations"
 
@@ -48,7 +49,7 @@ class Registered:
     name: str
     framework: str
     target: str  # "module:attr" or "path/file.py:attr"
-    source: str  # "builtin" (shipped with this project: `builtins`), "plugin" or "entry point"
+    source: str  # SHIPPED (with this project: `shipped`), PLUGIN or ENTRY_POINT (conformance/vocabulary.py)
     _obj: Any = None
 
     def unavailable_reason(self) -> str | None:
@@ -60,7 +61,7 @@ class Registered:
     @property
     def label(self) -> str:
         """How results name it: a plug-in by its target, so that the name alone finds it again."""
-        return self.target if self.source == "plugin" else self.name
+        return self.target if self.source == PLUGIN else self.name
 
     def load(self) -> Any:
         if self._obj is None:
@@ -114,18 +115,18 @@ class Registered:
         return {k: int(v) for k, v in counts().items()} if callable(counts) else {}
 
 
-def builtins() -> list[Registered]:
-    """What ships with this project ("builtin" as a `source`): our implementations of every component and
-    the adapters of the frameworks' own layers, known without importing any framework."""
-    components = list_components()
-    ours = [Registered(c, fw, fw, f"impls.{fw}.{c}:Implementation", "builtin")
-            for c in components for fw in OUR_FRAMEWORKS]
-    return ours + [Registered(c, name, fw, target, "builtin")
-                   for c, name, fw, target in FRAMEWORK_LAYERS if c in components]
+def shipped() -> list[Registered]:
+    """What ships with this project (source "shipped"): our implementations of every component and the
+    adapters of the frameworks' own layers, from the component records, known without importing a framework."""
+    present = set(list_components())  # a spec folder of some components ($CONFORMANCE_SPEC_DIR) lists those
+    records = [c for c in COMPONENTS if c.id in present]
+    ours = [Registered(c.id, fw, fw, c.ours(fw), SHIPPED) for c in records for fw in OUR_FRAMEWORKS]
+    return ours + [Registered(c.id, layer.name, layer.framework, layer.target, SHIPPED)
+                   for c in records for layer in c.layers]
 
 
-def builtin(component: str, name: str) -> Registered:
-    for r in builtins():
+def find_shipped(component: str, name: str) -> Registered:
+    for r in shipped():
         if r.component == component and r.name == name:
             return r
     raise UsageError(f"no built-in implementation {name!r} of {component!r}")
@@ -134,11 +135,11 @@ def builtin(component: str, name: str) -> Registered:
 def registry() -> list[Registered]:
     """Built-in implementations, then those installed under the entry-point group (imported here:
     `conformance list` uses this; `check` and `run` import plug-ins in worker processes instead)."""
-    found = builtins()
+    found = shipped()
     for name, value in entry_point_targets():
         try:
             obj = load_target(value)
-            found.append(_describe(obj, value, "entry point", default_name=name))
+            found.append(_describe(obj, value, ENTRY_POINT, default_name=name))
         except Exception as e:  # a broken plug-in is listed, not fatal
             found.append(Registered("?", name, "?", value, f"entry point (broken: {e})"))
     return found
@@ -232,7 +233,7 @@ def resolve(component: str, name_or_target: str) -> Registered:
     """A registered implementation by name, or a plug-in given as module:attr / file.py:attr."""
     if ":" in name_or_target:
         attr = name_or_target.rpartition(":")[2]
-        r = _describe(load_target(name_or_target), name_or_target, "plugin", default_name=attr)
+        r = _describe(load_target(name_or_target), name_or_target, PLUGIN, default_name=attr)
         if r.component != component:
             raise UsageError(f"{name_or_target!r} implements {r.component!r}, not {component!r}")
         return r

@@ -26,8 +26,8 @@ from typing import Mapping, Sequence
 
 from conformance.engine import COMPILED_SHAPES
 from conformance.workers import CellTask
-from conformance.vocabulary import DTYPES, Slot, UsageError, Verdict
-from impls import FRAMEWORK_LAYERS
+from conformance.vocabulary import DTYPES, SHIPPED, Slot, UsageError, Verdict
+from conformance.components import framework_layer
 
 BASELINE = Path(__file__).resolve().parent.parent / "reports" / "baseline"
 #: Examples per cell the baseline was run with (its `--profile dev`).
@@ -69,10 +69,9 @@ def _runs(task: CellTask) -> bool:
         return False
     if task.device == "cuda" and not _gpu():
         return False
-    layer = any(target == impl.target for _, _, _, target in FRAMEWORK_LAYERS)
-    if layer and (task.mode != "eager" or task.dtype not in DTYPES[:2]):  # impls.FrameworkLayer's axes
+    if framework_layer(impl.target) is not None and (task.mode != "eager" or task.dtype not in DTYPES[:2]):  # impls.FrameworkLayer's axes
         return False
-    return not (impl.source == "builtin" and impl.framework == "numpy" and task.mode != "eager")
+    return not (impl.source == SHIPPED and impl.framework == "numpy" and task.mode != "eager")
 
 
 def static_cost(task: CellTask) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
-    "Example", "Param", "Spec", "SpecError", "Tensor",
+    "Condition", "Example", "Param", "Spec", "SpecError", "Tensor",
     "evaluate", "find_spec_dir", "load_spec", "list_components",
 ]
 
@@ -58,6 +58,19 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """A named set of examples, or of output elements, where one rule of the spec applies (`condition` table).
+
+    The reference module defines a function of the same name (spec/README.md, "Conditions"); failures
+    inside its region name its sections, and ledger entries name it to say which examples they cover.
+    """
+
+    name: str
+    sections: tuple[str, ...]
+    meaning: str
+
+
+@dataclass(frozen=True)
 class Example:
     name: str
     sections: tuple[str, ...]
@@ -80,6 +93,7 @@ class Spec:
     outputs: dict[str, Tensor]
     budgets: dict[str, tuple[str, str]]  # output -> (scale, growth) expressions
     examples: list[Example] = field(default_factory=list)
+    conditions: dict[str, Condition] = field(default_factory=dict)  # the optional `condition` table
 
     @property
     def layer_params(self) -> list[str]:
@@ -93,13 +107,13 @@ class Spec:
         """Sections something enforces: named by a row or worked example (a check names the
         section itself: naming §7 does not cover a §7.5), or made only of covered subsections."""
         named: set[str] = set()
-        rows = [*self.params.values(), *self.weights.values(),
-                *self.inputs.values(), *self.outputs.values(), *self.examples]
+        rows = [*self.params.values(), *self.weights.values(), *self.inputs.values(), *self.outputs.values(),
+                *self.conditions.values(), *self.examples]
         for row in rows:
             named.update(row.sections)
         covered = {n for n in self.sections if n in named}
         for n in sorted(self.sections, key=lambda n: -n.count(".")):  # deepest first, so parents see their children
-            children = [c for c in self.sections if c.startswith(n + ".")]
+            children = [c for c in self.normative_sections() if c.startswith(n + ".")]  # informative ones enforce nothing
             if children and all(c in covered for c in children):
                 covered.add(n)
         return covered
@@ -268,7 +282,7 @@ def load_spec(path: Path | str) -> Spec:
     spec = Spec(component=path.stem, title=title_match[1], path=path, sections=sections,
                 informative=informative, params={}, weights={}, inputs={}, outputs={}, budgets={})
     kinds = {"parameter": spec.params, "weight": spec.weights, "input": spec.inputs,
-             "output": spec.outputs, "budget": spec.budgets}
+             "output": spec.outputs, "budget": spec.budgets, "condition": spec.conditions}
     for section, header, rows in _tables(lines):
         if header[0] not in kinds:
             continue
@@ -284,7 +298,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, section, f"{header[0]} {name!r}: {e}") from None
 
     for kind, table in kinds.items():
-        if not table:
+        if not table and kind != "condition":
             raise SpecError(path, "", f"no table with first column {kind!r}")
     for output in spec.outputs.values():
         if output.dtype == "float" and output.name not in spec.budgets:
@@ -294,7 +308,8 @@ def load_spec(path: Path | str) -> Spec:
             if logits not in spec.outputs or spec.outputs[logits].dtype != "float":
                 raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
                                           "which is not a float output")
-    for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values()]:
+    for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values(),
+                *spec.conditions.values()]:
         for s in row.sections:
             if s not in sections:
                 raise SpecError(path, "", f"{row.name!r} names section {s}, which does not exist")
@@ -338,6 +353,11 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
                                     dtype=dtype, compare=compare)
     elif kind == "budget":
         spec.budgets[name] = (_cell(col("scale")), _cell(col("growth")))
+    elif kind == "condition":
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or name == "always":
+            raise ValueError("a condition's name is a Python identifier, the name of a function of the reference "
+                             "module, and not 'always' (every ledger entry may name that)")
+        spec.conditions[name] = Condition(name, _sections(col("sections")), col("meaning"))
 
 
 def _examples(text: str, path: Path, spec: Spec) -> list[Example]:

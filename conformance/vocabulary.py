@@ -25,6 +25,12 @@ MODES = ("eager", "compiled")
 KERAS_BACKENDS = ("tensorflow", "torch", "jax")
 
 
+#: Where a registered implementation comes from (`Registered.source`): shipped with this project (ours and
+#: the adapters of the frameworks' own layers), installed under the entry-point group, or named on the
+#: command line as a plug-in ("module:attr" or "file.py:attr"; results then name it by that target).
+SHIPPED, ENTRY_POINT, PLUGIN = "shipped", "entry point", "plugin"
+
+
 class UsageError(Exception):
     """Bad input from the user (a name, a target, a file, a flag); the message names it and the valid choices."""
 

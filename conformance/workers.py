@@ -44,9 +44,9 @@ from conformance.deviations import Deviation
 from conformance.engine import (CellResult, Event, keep_hypothesis_files_out_of_the_working_folder, machine,
                                 repro_command, run_cell)
 from conformance.spec import Spec
-from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, builtins, by_name, entry_point_targets,
+from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, shipped, by_name, entry_point_targets,
                                   load_target)
-from conformance.vocabulary import Slot, UsageError
+from conformance.vocabulary import ENTRY_POINT, PLUGIN, Slot, UsageError
 
 #: Seconds without news from the workers after which the running cells are reported (`on_status`).
 STATUS_EVERY = 60.0
@@ -80,7 +80,7 @@ def default_cell_limit(max_examples: int) -> float:
 class ImplRef:
     """How a worker finds an implementation without the parent importing it.
 
-    `source` is "builtin", "entry point", "plugin" (a module:attr or file.py:attr
+    `source` is SHIPPED, ENTRY_POINT, PLUGIN (a module:attr or file.py:attr
     target) or "object" (an object given to `conformance.check`, sent pickled in
     `payload`; `module_file` is its class's file, for a module that the worker
     cannot import by name, such as a test module pytest imported by path).
@@ -97,7 +97,7 @@ class ImplRef:
     @property
     def label(self) -> str:
         """How results name it: a plug-in by its target, so that the name alone finds it again."""
-        return self.target if self.source in ("plugin", "object") else self.name
+        return self.target if self.source in (PLUGIN, "object") else self.name
 
     @classmethod
     def of(cls, r: Registered) -> "ImplRef":
@@ -108,7 +108,7 @@ class ImplRef:
         """An implementation object, to be rebuilt in the worker from its pickle."""
         kind = type(obj)
         target = f"{kind.__module__}:{kind.__qualname__}"
-        r = _describe(obj, target, "plugin", default_name=kind.__name__)
+        r = _describe(obj, target, PLUGIN, default_name=kind.__name__)
         try:  # cloudpickle: a class defined inside a function (as tests often do) travels by value
             payload = cloudpickle.dumps(obj)
         except Exception as e:
@@ -120,7 +120,7 @@ class ImplRef:
     def registered(self) -> Registered:
         """In the worker: the implementation, loaded lazily as built-ins and plug-ins are."""
         r = Registered(self.component, self.name, self.framework, self.target,
-                       "plugin" if self.source == "object" else self.source)
+                       PLUGIN if self.source == "object" else self.source)
         if self.payload is not None:
             r._obj = _unpickle(self.payload, self.target.rpartition(":")[0], self.module_file)
         return r
@@ -186,7 +186,7 @@ class Probe:
     """Import a plug-in (a target, or an entry point's value) in a worker and describe it."""
 
     target: str
-    source: str  # "plugin" or "entry point"
+    source: str  # PLUGIN or ENTRY_POINT
     default_name: str
 
 
@@ -608,12 +608,12 @@ def entry_point_refs(pool: Pool) -> list[ImplRef]:
     found = entry_point_targets()
     if not found:
         return []
-    described = pool.probe([Probe(value, "entry point", name) for name, value in found])
+    described = pool.probe([Probe(value, ENTRY_POINT, name) for name, value in found])
     refs = []
     for (name, value), d in zip(found, described):
         if "error" in d:
             raise UsageError(f"entry point {name!r} ({ENTRY_POINT_GROUP}): {d['error']}")
-        refs.append(ImplRef(d["component"], d["name"], d["framework"], value, "entry point"))
+        refs.append(ImplRef(d["component"], d["name"], d["framework"], value, ENTRY_POINT))
     return refs
 
 
@@ -623,13 +623,13 @@ def resolve_ref(pool: Pool, component: str, name_or_target: str, probed: list[Im
     imported only for a name that is not built in."""
     if ":" in name_or_target:
         attr = name_or_target.rpartition(":")[2]
-        d = pool.probe([Probe(name_or_target, "plugin", attr)])[0]
+        d = pool.probe([Probe(name_or_target, PLUGIN, attr)])[0]
         if "error" in d:
             raise UsageError(d["error"])
         if d["component"] != component:
             raise UsageError(f"{name_or_target!r} implements {d['component']!r}, not {component!r}")
-        return ImplRef(component, d["name"], d["framework"], name_or_target, "plugin")
-    known = [ImplRef.of(r) for r in builtins()]
+        return ImplRef(component, d["name"], d["framework"], name_or_target, PLUGIN)
+    known = [ImplRef.of(r) for r in shipped()]
     if probed is None:
         probed = [] if any(r.name == name_or_target and r.component == component for r in known) \
             else entry_point_refs(pool)

@@ -58,7 +58,8 @@ Instance is built once per distinct config and loaded with many weight sets.
 Every component with a spec in spec/ has our implementations in
 impls/<framework>/<component>.py (class Implementation) for each framework of
 OUR_FRAMEWORKS. The frameworks' own layers are adapted in
-impls/<framework>/builtin_*.py and listed in FRAMEWORK_LAYERS. The harness's
+impls/<framework>/builtin_*.py and listed in the harness's component records
+(conformance/components.py). The harness's
 registry (conformance/registry.py) imports them only when used, so a missing
 framework shows as unavailable. Nothing here imports the harness: dtypes,
 devices and modes are named by the strings of its axes
@@ -115,30 +116,3 @@ class FrameworkLayer:
 
     dtypes = ("float64", "float32")
     modes = ("eager",)
-
-
-#: The frameworks' own layers, configured from the canonical weights: (component, name, framework, target).
-#: The names repeat the adapter classes' `name`, so that the registry lists them without importing a framework.
-FRAMEWORK_LAYERS = (
-    ("mha", "torch.nn.MultiheadAttention", "torch", "impls.torch.builtin_mha:MultiheadAttentionWeights"),
-    ("mha", "torch.nn.MultiheadAttention[need_weights=False]", "torch",
-     "impls.torch.builtin_mha:MultiheadAttentionNoWeights"),
-    ("mha", "torch.sdpa", "torch", "impls.torch.builtin_mha:SDPA"),
-    ("lstm_classifier", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Classifier"),
-    ("lstm_seq2seq", "torch.nn.LSTM", "torch", "impls.torch.builtin_lstm:Seq2Seq"),
-    ("lstm_seq2seq", "torch.nn.LSTMCell", "torch", "impls.torch.builtin_lstm:Seq2SeqCell"),
-    ("encoder_block", "torch.nn.TransformerEncoderLayer", "torch",
-     "impls.torch.builtin_encoder:TransformerEncoderLayer"),
-    ("encoder_block", "torch.nn.TransformerEncoderLayer[fastpath=False]", "torch",
-     "impls.torch.builtin_encoder:TransformerEncoderLayerNoFastpath"),
-    ("encoder_block", "torch.nn.TransformerEncoder[nested]", "torch",
-     "impls.torch.builtin_encoder:NestedTransformerEncoder"),
-    ("lstm_classifier", "keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Classifier"),
-    ("lstm_seq2seq", "keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Seq2Seq"),
-    ("embedding", "keras.layers.Embedding", "keras", "impls.keras.builtin_layers:Embedding"),
-    ("ffn", "keras.layers.Dense", "keras", "impls.keras.builtin_layers:Dense"),
-    ("mha", "keras.layers.MultiHeadAttention", "keras", "impls.keras.builtin_mha:MultiHeadAttentionScores"),
-    ("mha", "keras.layers.MultiHeadAttention[scores=False]", "keras",
-     "impls.keras.builtin_mha:MultiHeadAttentionNoScores"),
-    ("encoder_block", "keras.layers.LayerNormalization", "keras", "impls.keras.builtin_encoder:LayerNormalization"),
-)

@@ -16,7 +16,7 @@ from typing import Any
 from conformance.engine import CellResult, run_cell
 from conformance.results import write_results
 from conformance.spec import load_spec
-from conformance.registry import builtin, resolve
+from conformance.registry import find_shipped, resolve
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -26,13 +26,13 @@ WRONG = f"{TESTS / 'wrong_mha.py'}:InvertedMask"
 @functools.cache
 def _cells() -> tuple[CellResult, ...]:
     mha, ffn = load_spec(ROOT / "spec" / "mha.md"), load_spec(ROOT / "spec" / "ffn.md")
-    numpy_mha = builtin("mha", "numpy")
+    numpy_mha = find_shipped("mha", "numpy")
     return (
         run_cell(mha, numpy_mha, "float64", "cpu", max_examples=8),
         run_cell(mha, numpy_mha, "float32", "cpu", max_examples=8),
         run_cell(mha, numpy_mha, "float32", "cpu", "compiled"),  # unsupported: NumPy has no compiled mode
         run_cell(mha, numpy_mha, "float32", "cuda"),  # not-available
-        run_cell(ffn, builtin("ffn", "numpy"), "float32", "cpu", max_examples=8),
+        run_cell(ffn, find_shipped("ffn", "numpy"), "float32", "cpu", max_examples=8),
         run_cell(mha, resolve("mha", WRONG), "float32", "cpu", max_examples=20),  # non-conformant
     )
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import deviations, generate
+from conformance import conditions, deviations, generate
 from conformance.engine import ConfigUnsupported, KnownDeviation, NonConformance, Outcome, Runner, run_cell
 from conformance.spec import load_spec
 from conformance.registry import resolve
@@ -196,9 +196,11 @@ def test_config_the_layer_cannot_express_is_skipped_and_counted(block_spec, name
 # --- the nested path's known deviation (spec/deviations.toml) ---
 
 def test_condition_padded_position():
-    assert not deviations.padded_position({}, {"padding_mask": None})
-    assert not deviations.padded_position({}, {"padding_mask": np.ones((2, 3), bool)})
-    assert deviations.padded_position({}, {"padding_mask": np.array([[True, True], [True, False]])})
+    example = {"B": 2, "T": 2}
+    assert not conditions.holds("encoder_block", "padded_position", example, {"padding_mask": None})
+    assert not conditions.holds("encoder_block", "padded_position", example, {"padding_mask": np.ones((2, 2), bool)})
+    assert conditions.holds("encoder_block", "padded_position", example,
+                            {"padding_mask": np.array([[True, True], [True, False]])})
 
 
 def test_nested_encoder_zeroes_padded_positions_as_the_ledger_records(block_spec):

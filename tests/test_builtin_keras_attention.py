@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import deviations, generate
+from conformance import conditions, deviations, generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
 from conformance.registry import keras_backend, registry, resolve
@@ -234,18 +234,14 @@ def test_every_keras_entry_is_seen_deviating_on_every_backend_it_covers():
 
 
 def test_condition_single_feature():
-    assert deviations.single_feature({"d_model": 1}, {})
-    assert not deviations.single_feature({"d_model": 2}, {})
-    assert not deviations.single_feature({"B": 1, "Lq": 1, "Lk": 1}, {})  # no d_model: not covered
-    assert deviations.CONDITIONS["single_feature"] is deviations.single_feature
+    assert conditions.holds("encoder_block", "single_feature", {"d_model": 1}, {})
+    assert not conditions.holds("encoder_block", "single_feature", {"d_model": 2}, {})
 
 
 @pytest.mark.parametrize("d_head, inexact", [(1, False), (2, True), (3, True), (4, False), (9, True), (16, False)])
 def test_condition_score_scale_inexact_in_float32(d_head, inexact):
     """1 / sqrt(d_head) is a float32 number exactly when it is a power of 2, that is when d_head is a power of 4."""
-    assert deviations.score_scale_inexact_in_float32({"d_head": d_head}, {}) is inexact
-    assert not deviations.score_scale_inexact_in_float32({"d_ff": 2}, {})  # no d_head: not covered
-    assert deviations.CONDITIONS["score_scale_inexact_in_float32"] is deviations.score_scale_inexact_in_float32
+    assert conditions.holds("mha", "score_scale_inexact_in_float32", {"d_head": d_head}, {}) is inexact
 
 
 if __name__ == "__main__":  # one backend's observations of the cases named, for the test above

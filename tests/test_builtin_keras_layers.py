@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import deviations, generate
+from conformance import conditions, deviations, generate
 from conformance.engine import NonConformance, Runner, run_cell
 from conformance.spec import load_spec
 from conformance.registry import resolve
@@ -194,11 +194,9 @@ def test_tensorflow_gelu_deviation_is_real_and_narrow():
 
 
 def test_condition_gelu_activation():
-    assert deviations.gelu_activation({"activation": "gelu"}, {})
-    assert deviations.gelu_activation({"activation": "gelu_tanh"}, {})
-    assert not deviations.gelu_activation({"activation": "relu"}, {})
-    assert not deviations.gelu_activation({"mask": "none"}, {})  # a component without activations
-    assert deviations.CONDITIONS["gelu_activation"] is deviations.gelu_activation
+    assert conditions.holds("ffn", "gelu_activation", {"activation": "gelu"}, {})
+    assert conditions.holds("ffn", "gelu_activation", {"activation": "gelu_tanh"}, {})
+    assert not conditions.holds("ffn", "gelu_activation", {"activation": "relu"}, {})
 
 
 def test_ledger_entries_are_scoped_to_one_backend_and_float64():

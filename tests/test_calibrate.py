@@ -5,12 +5,12 @@ from __future__ import annotations
 from conformance import calibrate
 from conformance.engine import run_cell
 from conformance.results import write_results
-from conformance.registry import builtin
+from conformance.registry import find_shipped
 
 
 def test_err_over_growth_is_the_ratio_times_k_of_conformant_cells_only(tmp_path, mha_spec, capsys):
-    good = run_cell(mha_spec, builtin("mha", "numpy"), "float32", "cpu", max_examples=10)
-    bad = run_cell(mha_spec, builtin("mha", "numpy"), "float16", "cpu", "compiled")
+    good = run_cell(mha_spec, find_shipped("mha", "numpy"), "float32", "cpu", max_examples=10)
+    bad = run_cell(mha_spec, find_shipped("mha", "numpy"), "float16", "cpu", "compiled")
     assert (good.verdict, bad.verdict) == ("conformant", "unsupported")
     path = write_results(tmp_path / "cal.json", [good, bad])
 

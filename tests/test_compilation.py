@@ -22,7 +22,7 @@ import pytest
 from conformance import generate
 from conformance.engine import COMPILED_SHAPES, run_cell
 from conformance.spec import load_spec
-from conformance.registry import _describe, builtin
+from conformance.registry import _describe, find_shipped
 from impls import CACHE_VARIABLE, compilation_cache_dir
 from impls.numpy.mha import Implementation as NumpyAttention
 
@@ -83,7 +83,7 @@ def registered(obj, name: str):
 
 
 def test_compiled_mode_compiles_per_shape_unless_an_implementation_says_otherwise():
-    plain = builtin("mha", "numpy")
+    plain = find_shipped("mha", "numpy")
     assert not plain.compiles_per_shape("eager") and plain.compiles_per_shape("compiled")
     assert plain.compilations() == {}
     says = registered(ShapeCompilingAttention(), "ShapeCompilingAttention")
@@ -102,7 +102,7 @@ def test_an_eager_cell_that_compiles_per_shape_draws_a_pool_and_still_runs_the_w
 
 
 def test_other_eager_cells_draw_shapes_freely(mha_spec):
-    cell = run_cell(mha_spec, builtin("mha", "numpy"), "float32", "cpu", max_examples=60)
+    cell = run_cell(mha_spec, find_shipped("mha", "numpy"), "float32", "cpu", max_examples=60)
     assert cell.verdict == "conformant" and cell.compiles == 0 and cell.framework_compiles == {}
     assert len(sizes_drawn(cell)) > pool_size("mha")
 
@@ -131,7 +131,7 @@ def test_a_torch_cell_records_its_cache_setting(monkeypatch, tmp_path):
     monkeypatch.setattr(functorch_config, "enable_autograd_cache", functorch_config.enable_autograd_cache)
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv(CACHE_VARIABLE, str(tmp_path))
-    cell = run_cell(spec("ffn"), builtin("ffn", "torch"), "float32", "cpu", max_examples=3)
+    cell = run_cell(spec("ffn"), find_shipped("ffn", "torch"), "float32", "cpu", max_examples=3)
     assert cell.environment["compilation_cache"] == str(tmp_path / "torch")
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch")
     assert cell.framework_compiles == {"graphs": 0, "cache_hits": 0}  # the eager mode compiles nothing
@@ -148,10 +148,10 @@ import json, sys
 from pathlib import Path
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.registry import builtin
+from conformance.registry import find_shipped
 
 component, name, dtype, mode, examples = json.loads(sys.argv[1])
-cell = run_cell(load_spec(Path("spec") / f"{component}.md"), builtin(component, name), dtype, "cpu", mode,
+cell = run_cell(load_spec(Path("spec") / f"{component}.md"), find_shipped(component, name), dtype, "cpu", mode,
                 max_examples=examples)
 print(json.dumps(cell.to_json()))
 """

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from conformance import conditions, generate
+from conformance.components import COMPONENTS
 from conformance.engine import run_cell
 from conformance.registry import resolve
 from conformance.spec import list_components, load_spec
 from conformance.vocabulary import DTYPES
+
+from checks import rejected
 
 ROOT = Path(__file__).resolve().parent.parent
 keras_on_torch = all(importlib.util.find_spec(m) is not None for m in ("keras", "torch"))
@@ -47,63 +51,99 @@ def test_our_keras_implementation_conforms_on_the_torch_backend(keras_on_the_tor
     assert all(c["examples"] >= 30 for c in ours)
 
 
-#: Our Keras layer of each component, and arguments it accepts; the bad arguments below replace some of them.
-KERAS_LAYERS = {
-    "mha": ("impls.keras.mha", "MultiHeadAttention", {"d_model": 4, "num_heads": 2, "d_head": 2, "dropout": 0.0}),
-    "ffn": ("impls.keras.ffn", "FeedForward", {"d_model": 4, "d_ff": 8}),
-    "embedding": ("impls.keras.embedding", "TokenAndPositionEmbedding",
-                  {"vocab_size": 5, "d_model": 4, "max_len": 8, "positional": "learned", "scale": False}),
-    "encoder_block": ("impls.keras.encoder_block", "EncoderBlock", {"d_model": 4, "num_heads": 2, "d_head": 2, "d_ff": 8}),
-    "lstm_classifier": ("impls.keras.lstm_classifier", "LSTMClassifier",
-                        {"d_in": 2, "hidden": 3, "num_layers": 1, "num_classes": 2}),
-    "lstm_seq2seq": ("impls.keras.lstm_seq2seq", "AttentionSeq2Seq",
-                     {"src_vocab": 4, "tgt_vocab": 4, "d_embed": 2, "hidden": 2, "N": 2}),
-}
-
-#: (component, the arguments changed, what the error must say): the layer names the bad value and the valid ones.
-BAD_ARGUMENTS = [
-    ("mha", {"num_heads": 0}, "num_heads must be a positive integer, got 0"),
-    ("mha", {"d_head": 2.5}, "d_head must be a positive integer, got 2.5"),
-    ("mha", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
-    ("ffn", {"d_ff": 0}, "d_ff must be a positive integer, got 0"),
-    ("ffn", {"d_model": 2.5}, "d_model must be a positive integer, got 2.5"),
-    ("ffn", {"activation": "gelu_erf"}, "activation must be one of relu, gelu, gelu_tanh, got 'gelu_erf'"),
-    ("ffn", {"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
-    ("embedding", {"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
-    ("embedding", {"d_model": 2.5}, "d_model must be a positive integer, got 2.5"),
-    ("embedding", {"positional": "rotary"}, "positional must be one of learned, sinusoidal, got 'rotary'"),
-    ("embedding", {"scale": "yes"}, "scale must be True or False, got 'yes'"),
-    ("encoder_block", {"norm": "sandwich"}, "norm must be one of post, pre, got 'sandwich'"),
-    ("encoder_block", {"epsilon": 0.0}, "epsilon must be positive, got 0.0"),
-    ("encoder_block", {"d_ff": 0}, "d_ff must be a positive integer, got 0"),
-    ("encoder_block", {"num_heads": 0}, "num_heads must be a positive integer, got 0"),
-    ("encoder_block", {"activation": "gelu_erf"}, "activation must be one of relu, gelu, gelu_tanh, got 'gelu_erf'"),
-    ("lstm_classifier", {"hidden": 0}, "hidden must be a positive integer, got 0"),
-    ("lstm_classifier", {"num_layers": 1.5}, "num_layers must be a positive integer, got 1.5"),
-    ("lstm_classifier", {"d_in": True}, "d_in must be a positive integer, got True"),
-    ("lstm_seq2seq", {"hidden": 0}, "hidden must be a positive integer, got 0"),
-    ("lstm_seq2seq", {"d_embed": 2.5}, "d_embed must be a positive integer, got 2.5"),
-    ("lstm_seq2seq", {"N": True}, "N must be a positive integer, got True"),
-]
+def test_every_spec_has_a_component_record_and_every_record_a_spec():
+    assert [c.id for c in COMPONENTS] and sorted(c.id for c in COMPONENTS) == list_components()
 
 
-def test_every_component_has_a_keras_layer_and_bad_arguments_for_it():
-    assert set(KERAS_LAYERS) == set(list_components()) == {c for c, _, _ in BAD_ARGUMENTS}
+@pytest.mark.parametrize("component, layer", [(c.id, layer) for c in COMPONENTS for layer in c.layers],
+                         ids=[layer.name for c in COMPONENTS for layer in c.layers])
+def test_a_framework_layer_record_names_its_adapter_as_the_adapter_names_itself(component, layer):
+    """The record lets the registry list a layer without importing its framework; the adapter's own `name`
+    and `component` must agree with it."""
+    if importlib.util.find_spec(layer.framework) is None:
+        pytest.skip(f"{layer.framework} is not installed")
+    module, _, cls = layer.target.partition(":")
+    adapter = getattr(importlib.import_module(module), cls)
+    assert (adapter.component, adapter.name, adapter.framework) == (component, layer.name, layer.framework)
+
+
+@pytest.mark.parametrize("component", [c.id for c in COMPONENTS])
+def test_every_condition_of_a_spec_is_a_function_of_its_reference(component):
+    """The spec's condition table names functions of impls/numpy/<component>.py; a region they return is
+    keyed by outputs of the spec."""
+    spec = load_spec(ROOT / "spec" / f"{component}.md")
+    for condition in spec.conditions.values():
+        function = conditions.predicate(component, condition.name)
+        for worked in spec.examples:
+            _, inputs = generate.worked_arrays(spec, worked.weights, worked.inputs)
+            value = function(worked.config, inputs)
+            assert isinstance(value, bool) or set(value) <= set(spec.outputs), (condition.name, value)
+
+
+BAD_ARGUMENTS = [(c, changed, message) for c in COMPONENTS for changed, message in c.bad_arguments]
+
+
+def test_every_component_has_bad_arguments_for_its_keras_layer():
+    assert {c.id for c, _, _ in BAD_ARGUMENTS} == {c.id for c in COMPONENTS}
 
 
 @pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="Keras is not installed")
 @pytest.mark.parametrize("component, bad, message", BAD_ARGUMENTS,
-                         ids=[f"{c}-{next(iter(bad))}" for c, bad, _ in BAD_ARGUMENTS])
+                         ids=[f"{c.id}-{next(iter(bad))}" for c, bad, _ in BAD_ARGUMENTS])
 def test_our_keras_layer_rejects_bad_arguments_by_name(component, bad, message):
-    module, cls, good = KERAS_LAYERS[component]
+    module, _, cls = component.keras_layer.partition(":")
     layer = getattr(importlib.import_module(module), cls)
-    layer(**good)  # the arguments the bad ones replace are accepted
+    layer(**component.keras_arguments)  # the arguments the bad ones replace are accepted
     with pytest.raises(ValueError) as info:
-        layer(**{**good, **bad})
+        layer(**{**component.keras_arguments, **bad})
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize("component", list_components())
+def _wrong_module(component: str):
+    path = ROOT / "tests" / f"wrong_{component}.py"
+    found = importlib.util.spec_from_file_location(f"wrong_{component}", path)
+    module = importlib.util.module_from_spec(found)
+    found.loader.exec_module(module)
+    return module
+
+
+#: Every deliberately wrong implementation: (component, class name), from tests/wrong_<component>.py of each record.
+MISTAKES = [(c.id, name) for c in COMPONENTS for name, cls in vars(_wrong_module(c.id)).items()
+            if isinstance(cls, type) and cls.__module__ == f"wrong_{c.id}" and getattr(cls, "breaks", None) is not None]
+
+
+def test_every_component_has_wrong_implementations():
+    assert {c for c, _ in MISTAKES} == {c.id for c in COMPONENTS}
+
+
+@pytest.mark.parametrize("component, name", MISTAKES, ids=[f"{c}-{n}" for c, n in MISTAKES])
+def test_wrong_implementation_is_rejected_naming_the_section_it_breaks(component, name):
+    """Rejected in float32, for the reason it declares (`says`), naming the section it breaks (`breaks`; first,
+    where its region or a parameter pins the rule down), with a shrunk counterexample that replays, or by the
+    worked example it names where random examples rarely catch it."""
+    module = _wrong_module(component)
+    mistake, spec = getattr(module, name), load_spec(ROOT / "spec" / f"{component}.md")
+    target = f"{ROOT / 'tests' / f'wrong_{component}.py'}:{name}"
+    if mistake.worked:
+        cell = run_cell(spec, resolve(component, target), "float32", "cpu", max_examples=100)
+        assert cell.verdict == "non-conformant" and mistake.says in cell.reason, cell.reason
+        assert cell.reason.startswith(f"worked example {mistake.worked!r}"), cell.reason
+    else:
+        cell = rejected(spec, target, reason=mistake.says, max_examples=100)
+        shrunk = {**module.SHRUNK, **mistake.shrunk}
+        assert {k: cell.counterexample[k] for k in shrunk} == shrunk and cell.counterexample["seed"] <= 10, \
+            cell.counterexample
+    if not mistake.breaks:
+        assert cell.sections == [], cell.sections
+    elif mistake.first:
+        assert cell.sections[0] == f"{component} §{mistake.breaks}", (cell.sections, cell.reason)
+    else:
+        assert f"{component} §{mistake.breaks}" in cell.sections, (cell.sections, cell.reason)
+    named = {s.split(" §")[1] for s in cell.sections}
+    assert named <= set(spec.sections), named  # the sections a failure names exist
+
+
+@pytest.mark.parametrize("component", [c.id for c in COMPONENTS])
 def test_the_control_beside_the_wrong_implementations_is_conformant(component):
     """tests/wrong_<component>.py's `Correct`, the control its mistakes are variations of: conformant over the
     search and every worked example, on every float output, within a tenth of its budget (the calibration rule,

@@ -1,4 +1,4 @@
-"""spec/embedding.md: wrong implementations rejected, converters, the Keras layer, and PyTorch's own layers.
+"""spec/embedding.md beyond the generic tests (tests/test_components.py): the shrunk counterexamples, converters, the Keras layer, and PyTorch's own layers.
 
 Keras runs on the backend of this process (KERAS_BACKEND, default tensorflow);
 tests/test_components.py runs the Keras implementation on the torch backend.
@@ -20,7 +20,7 @@ from conformance.engine import run_cell
 from conformance.spec import load_spec
 from conformance.registry import resolve
 
-from checks import keras_round_trip, rejected
+from checks import keras_round_trip
 
 WRONG = "tests/wrong_embedding.py"
 keras_installed = importlib.util.find_spec("keras") is not None
@@ -33,26 +33,6 @@ def spec():
 
 def _plugin(root, name):
     return resolve("embedding", f"{root / WRONG}:{name}")
-
-
-# (implementation, what the reason must say, the section of the spec it breaks)
-CASES = [
-    ("ConcatenatedHalves", "output 'x' differs from the reference", "6.5"),
-    ("SwappedSinCos", "output 'x' differs from the reference", "6.5"),
-    ("ExponentByColumn", "output 'x' differs from the reference", "6.5"),
-    ("MissingScale", "output 'x' differs from the reference", "6.2"),
-    ("ScaledPositions", "output 'x' differs from the reference", "6.2"),
-    ("PositionsFromOne", "output 'x' differs from the reference", "6.3"),
-    ("InvertedMask", "output 'padding_mask' differs at index (0, 0): got False, reference True", "7.1"),
-    ("ZeroPaddingRow", "output 'x' differs from the reference", "7.2"),
-    ("FloatMask", "output 'padding_mask' has dtype float32, expected bool", "4"),
-]
-
-
-@pytest.mark.parametrize("name, reason, section", CASES, ids=[c[0] for c in CASES])
-def test_wrong_implementation_is_rejected_with_a_minimal_counterexample(root, spec, name, reason, section):
-    ex = rejected(spec, f"{root / WRONG}:{name}", reason=reason, max_examples=60).counterexample
-    assert ex["B"] == 1 and ex["seed"] <= 10 and ex["scale_exp"] == 0  # shrunk
 
 
 def test_shrunk_counterexamples_are_the_smallest_that_show_each_mistake(root, spec):

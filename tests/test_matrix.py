@@ -18,7 +18,7 @@ from conformance import generate, tolerances
 from conformance.api import check
 from conformance.engine import COMPILED_SHAPES, run_cell
 from conformance.vocabulary import DTYPES, numpy_dtype, UsageError
-from conformance.registry import _describe, builtin, resolve
+from conformance.registry import _describe, find_shipped, resolve
 from impls.numpy.mha import Implementation as NumpyAttention
 
 torch_installed = importlib.util.find_spec("torch") is not None
@@ -46,7 +46,7 @@ def test_unsupported_dtype_and_mode_are_recorded_with_their_reason(root, mha_spe
 
 
 def test_an_absent_device_is_not_available_and_the_environment_is_still_recorded(mha_spec):
-    cell = run_cell(mha_spec, builtin("mha", "numpy"), "float32", "cuda")
+    cell = run_cell(mha_spec, find_shipped("mha", "numpy"), "float32", "cuda")
     assert cell.verdict == "not-available"
     assert cell.reason == "device cuda not available on this machine; numpy sees: cpu"
     assert cell.environment["numpy"] and cell.environment["cpu"]
@@ -54,7 +54,7 @@ def test_an_absent_device_is_not_available_and_the_environment_is_still_recorded
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_low_precision_cells_are_measured_in_their_own_epsilon(mha_spec, dtype):
-    cell = run_cell(mha_spec, builtin("mha", "numpy"), dtype, "cpu", max_examples=20)
+    cell = run_cell(mha_spec, find_shipped("mha", "numpy"), dtype, "cpu", max_examples=20)
     assert cell.verdict == "conformant", cell.reason
     assert cell.k == tolerances.K[dtype] and 0 < cell.max_ratio <= 1
     # the NumPy reference runs in float64 on the rounded inputs, so a low-precision
@@ -81,7 +81,7 @@ def test_torch_gpu_code_path_runs_on_a_forced_device_list(monkeypatch, mha_spec)
 
     monkeypatch.setattr(torch_impls, "devices", lambda: ["cpu", "cuda"])
     monkeypatch.setitem(torch_impls.DEVICE_NAMES, "cuda", "cpu")  # "cuda" placed on the CPU
-    cell = run_cell(mha_spec, builtin("mha", "torch"), "float32", "cuda", max_examples=10)
+    cell = run_cell(mha_spec, find_shipped("mha", "torch"), "float32", "cuda", max_examples=10)
     assert (cell.device, cell.verdict) == ("cuda", "conformant"), cell.reason
     env = cell.environment
     assert env["torch.backends.cuda.matmul.fp32_precision"] == "ieee"
@@ -97,7 +97,7 @@ def test_keras_gpu_code_path_runs_on_a_forced_device_list(monkeypatch, mha_spec)
     monkeypatch.setattr(keras_impls, "devices", lambda: ["cpu", "cuda"])
     monkeypatch.setitem(keras_impls.DEVICE_SCOPES, "cuda", "cpu:0")
     monkeypatch.setitem(keras_impls.TORCH_DEVICE_SCOPES, "cuda", "cpu")
-    cell = run_cell(mha_spec, builtin("mha", "keras"), "float32", "cuda", max_examples=10)
+    cell = run_cell(mha_spec, find_shipped("mha", "keras"), "float32", "cuda", max_examples=10)
     assert (cell.device, cell.verdict) == ("cuda", "conformant"), cell.reason
     flags = {"tensorflow": "tf.config.experimental.tensor_float_32_execution_enabled",
              "jax": "jax_default_matmul_precision", "torch": "torch.backends.cuda.matmul.fp32_precision"}
@@ -171,7 +171,7 @@ def test_torch_compiled_cell_runs_through_torch_compile(mha_spec):
     from conformance.spec import find_spec_dir, load_spec
 
     ffn = load_spec(find_spec_dir() / "ffn.md")
-    cell = run_cell(ffn, builtin("ffn", "torch"), "float32", "cpu", "compiled", max_examples=12)
+    cell = run_cell(ffn, find_shipped("ffn", "torch"), "float32", "cpu", "compiled", max_examples=12)
     assert cell.verdict == "conformant", cell.reason
     assert cell.compiles == len(generate.strata(ffn)) and cell.compile_seconds > 0
 

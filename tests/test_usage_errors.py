@@ -86,6 +86,10 @@ CASES = {
         "reference has the wrong type"),
     "ledger names a section its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
         t, 'sections = ["7.4"]', 'sections = ["7.4", "12"]')], "names section 12 of mha, which"),
+    "ledger names a condition its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
+        t, 'condition = "fully_masked_query_row"', 'condition = "padded_position"')],
+        "unknown condition 'padded_position'; valid for mha: always, fully_masked_query_row, "
+        "score_scale_inexact_in_float32"),
     "ledger not UTF-8": (lambda t: [*CHECK, "--ledger", str(_write(t / "l.toml", b"\xff\xfe[[deviation]]\n"))],
                          "is not valid TOML: it is not UTF-8 text"),
     "-o an existing directory": (lambda t: [*CHECK, "-o", str(t)], "is a directory; give a file path"),

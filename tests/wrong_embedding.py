@@ -59,6 +59,10 @@ def _embed(config, weights, tokens, *, layout="interleaved", scale="tokens", fir
     return {"x": x.astype(dtype), "padding_mask": padding_mask}
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"B": 1, "scale_exp": 0}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_embed` with some switches set."""
 
@@ -70,46 +74,56 @@ class _Wrong(Switchable):
 
 class ConcatenatedHalves(_Wrong):
     """All sines, then all cosines, as tensor2tensor and fairseq lay them out (§6.5, §9)."""
+    breaks, says = '6.5', "output 'x' differs from the reference"
     options = {"layout": "concatenated"}
 
 
 class SwappedSinCos(_Wrong):
     """Cosine in the even columns and sine in the odd ones (§6.5)."""
+    breaks, says = '6.5', "output 'x' differs from the reference"
     options = {"layout": "swapped"}
 
 
 class ExponentByColumn(_Wrong):
     """Column j uses the exponent j / d_model instead of 2 * floor(j / 2) / d_model (§6.5)."""
+    breaks, says = '6.5', "output 'x' differs from the reference"
     options = {"layout": "by_column"}
 
 
 class MissingScale(_Wrong):
     """Never multiplies by sqrt(d_model), whatever `scale` says (§6.2)."""
+    breaks, says = '6.2', "output 'x' differs from the reference"
     options = {"scale": "none"}
 
 
 class ScaledPositions(_Wrong):
     """Multiplies the sum, positions included, by sqrt(d_model) (§6.2, §6.6)."""
+    breaks, says = '6.2', "output 'x' differs from the reference"
     options = {"scale": "both"}
 
 
 class PositionsFromOne(_Wrong):
     """Counts positions from 1, as fairseq's make_positions does for padding_idx = 0 (§6.3)."""
+    breaks, says = '6.3', "output 'x' differs from the reference"
     options = {"first_position": 1}
 
 
 class InvertedMask(_Wrong):
     """Returns True at padding, as a mask of positions to ignore (§7.1)."""
+    breaks, says = '7.1', "output 'padding_mask' differs at index (0, 0): got False, reference True"
     options = {"mask": "padding"}
 
 
 class ZeroPaddingRow(_Wrong):
     """Embeds the padding id as zeros instead of with row 0 of E (§7.2)."""
+    breaks, says = '7.2', "output 'x' differs from the reference"
+    first = True
     options = {"zero_padding_row": True}
 
 
 class FloatMask(_Wrong):
     """Returns the mask as 1.0 / 0.0 in the float dtype, as TensorFlow tutorials build masks (§4, §9)."""
+    breaks, says = '4', "output 'padding_mask' has dtype float32, expected bool"
 
     def forward(self, config, weights, inputs):
         out = super().forward(config, weights, inputs)

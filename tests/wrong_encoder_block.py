@@ -54,6 +54,10 @@ def _block(config, w, x, padding, *, norm=None, ddof=0, epsilon=None, eps_outsid
     return {"y": y, "attention_weights": attn}
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"B": 1, "num_heads": 1, "d_head": 1}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_block` with some switches set."""
 
@@ -65,36 +69,44 @@ class _Wrong(Switchable):
 
 class PreNormForPostNorm(_Wrong):
     """Always the pre-norm arrangement (norm_first=True) even where post-norm is specified (§5.4)."""
+    breaks, says = '5.4', 'differs from the reference'
     options = {"norm": "pre"}
 
 
 class UnbiasedVariance(_Wrong):
     """Layer norm with the unbiased variance, divided by d_model - 1, as torch.var's default (§5.3)."""
+    breaks, says = '5.3', 'non-finite values'
     options = {"ddof": 1}
 
 
 class EpsilonIgnored(_Wrong):
     """Layer norm with Keras' default epsilon 1e-3 whatever the layer's epsilon (§5.3)."""
+    breaks, says = '5.3', 'differs from the reference'
     options = {"epsilon": 1e-3}
 
 
 class EpsilonOutsideSqrt(_Wrong):
     """(v - mean) / (std + epsilon), as in some tutorial layer norms, instead of sqrt(var + epsilon) (§5.3)."""
+    breaks, says = '5.3', 'differs from the reference'
     options = {"eps_outside": True}
 
 
 class PaddingMaskIgnored(_Wrong):
     """The padding mask is never passed to the attention, so padded keys are attended to (§6)."""
+    breaks, says = '6', "output 'attention_weights' differs from the reference"
     options = {"use_mask": False}
 
 
 class MissingAttentionResidual(_Wrong):
     """The attention sub-layer's residual connection left out (§5.4, §5.5)."""
+    breaks, says = '5.4', 'differs from the reference'
     options = {"attention_residual": False}
 
 
 class PaddedRowsZeroed(_Wrong):
     """Outputs at padded positions set to zero, though the spec computes them like any other (§6)."""
+    breaks, says = '6', "output 'y' differs from the reference"
+    first = True
     options = {"zero_padded_rows": True}
 
 

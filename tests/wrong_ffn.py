@@ -29,6 +29,10 @@ def _ffn(config, weights, x, *, activations=ACTIVATIONS, first_bias=True, transp
     return {"y": a @ W_2 + weights["b_2"]}  # (B, T, d_model)
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"B": 1, "T": 1, "d_model": 1, "d_ff": 1}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_ffn` with some switches set."""
 
@@ -40,26 +44,33 @@ class _Wrong(Switchable):
 
 class TanhForGelu(_Wrong):
     """`gelu` computed with the tanh approximation, as keras.ops.gelu does by default (§6.2)."""
+    breaks, says = '6.2', 'differs from the reference'
     options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
 
 
 class ErfForGeluTanh(_Wrong):
     """`gelu_tanh` computed with the exact erf form, as torch's default GELU does (§6.3)."""
+    breaks, says = '6.3', 'differs from the reference'
     options = {"activations": {**ACTIVATIONS, "gelu_tanh": gelu}}
 
 
 class DropoutAtInference(_Wrong):
     """Applies dropout after the activation although conformance is judged at inference (§7)."""
+    breaks, says = '7', 'differs from the reference'
+    first = True
     options = {"dropout_rng": np.random.default_rng(0)}
 
 
 class NoFirstBias(_Wrong):
     """The first projection built without a bias, b_1 ignored (§5.1)."""
+    breaks, says = '5.1', 'differs from the reference'
     options = {"first_bias": False}
 
 
 class TransposedSecondProjection(_Wrong):
     """Uses W_2 in PyTorch's (out, in) layout where the shapes allow it (§3)."""
+    breaks, says = '3', 'differs from the reference'
+    worked = 'relu and layout by hand'
     options = {"transpose_W_2": True}
 
 

@@ -51,6 +51,10 @@ def _lstm(config, weights, inputs, *, gate_order="ifgo", gate=sigmoid, bias_time
     return {"logits": logits, "hidden_states": seq, "h_n": h_n, "c_n": c_n}
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"d_in": 1, "hidden": 1, "num_layers": 1, "num_classes": 1, "B": 1, "T": 1, "scale_exp": 0}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_lstm` with some switches set."""
 
@@ -62,31 +66,40 @@ class _Wrong(Switchable):
 
 class BookGateOrder(_Wrong):
     """Reads the canonical i, f, g, o blocks in the order f, g, i, o of some textbooks (§3)."""
+    breaks, says = '3', 'differs from the reference'
     options = {"gate_order": "fgio"}
 
 
 class HardSigmoid(_Wrong):
     """A hard (piecewise linear) sigmoid on the gates instead of the logistic function (§6.2)."""
+    breaks, says = '6.2', 'differs from the reference'
     options = {"gate": hard_sigmoid}
 
 
 class FirstStepClassified(_Wrong):
     """Feeds the first time step's hidden state to the classifier instead of the last one (§6.5)."""
+    breaks, says = '6.5', "output 'logits' differs from the reference"
+    shrunk = {'T': 2}
     options = {"classify_step": 0}
 
 
 class BiasTwice(_Wrong):
-    """Adds the bias twice, as if both of torch.nn.LSTM's biases were set to b (§7.1)."""
+    """Adds the bias twice, as if both of torch.nn.LSTM's biases were set to b: a converter's mistake (§7.1),
+    seen in the output as §6.1's pre-activations with 2b in place of b, which is what the failure names."""
+    breaks, says = '6.1', 'differs from the reference'
     options = {"bias_times": 2}
 
 
 class SwappedStates(_Wrong):
     """Returns the cell states as h_n and the hidden states as c_n (§6.6)."""
+    breaks, says = '6.6', "output 'h_n' differs from the reference"
     options = {"states": "swapped"}
 
 
 class TopLayerStatesOnly(_Wrong):
     """Returns the final states of the top layer only, shape (1, B, hidden) (§6.6)."""
+    breaks, says = '6.6', "output 'h_n' has shape (1, 1, 1), expected (2, 1, 1)"
+    shrunk = {'num_layers': 2}
     options = {"states": "top"}
 
 

@@ -82,6 +82,10 @@ def _seq2seq(config, w, inputs, *, concat="context_first", memory="encoder", sco
             "generated": np.stack([pick(z) for z in gen_logits], axis=1)}
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"B": 1}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_seq2seq` with some switches set."""
 
@@ -93,41 +97,49 @@ class _Wrong(Switchable):
 
 class HiddenStateFirst(_Wrong):
     """Output layer reads [h_t, context_t] instead of [context_t, h_t] (§6.5)."""
+    breaks, says = '6.5', "output 'logits' differs from the reference"
     options = {"concat": "hidden_first"}
 
 
 class AttendsToOwnStates(_Wrong):
     """The decoder attends over its own hidden states instead of the encoder's (§6.4)."""
+    breaks, says = '6.4', "output 'logits' differs from the reference"
     options = {"memory": "decoder"}
 
 
 class ScaledScores(_Wrong):
     """Scores divided by sqrt(hidden), as in scaled dot-product attention (§6.4)."""
+    breaks, says = '6.4', "output 'logits' differs from the reference"
     options = {"score_divisor": lambda c: c["hidden"]}
 
 
 class DecoderCellStartsAtZero(_Wrong):
     """Only h is carried from the encoder; the decoder's cell state starts at zero (§6.3)."""
+    breaks, says = '6.3', "output 'logits' differs from the reference"
     options = {"carry_c": False}
 
 
 class GenerationFedTeacherTokens(_Wrong):
     """Generation reads target_in[:, n] while it lasts instead of its own previous argmax (§6.7)."""
+    breaks, says = '6.7', "output 'generated' differs at index"
     options = {"generation_input": "teacher"}
 
 
 class GenerationStartsAtOne(_Wrong):
     """Generation starts from id 1 (a separate start-of-sequence token) instead of id 0 (§6.7)."""
+    breaks, says = '6.7', "output 'generated' differs at index"
     options = {"start_id": 1}
 
 
 class GatesInONNXOrder(_Wrong):
     """Reads the 4*hidden blocks as i, o, f, g (ONNX's order) instead of i, f, g, o (§6.1)."""
+    breaks, says = '6.1', "output 'logits' differs from the reference"
     options = {"gate_order": "iofg"}
 
 
 class BiasCountedTwice(_Wrong):
     """The one bias copied into both of PyTorch's b_ih and b_hh, so it is added twice (§3, §6.1)."""
+    breaks, says = '6.1', "output 'logits' differs from the reference"
     options = {"bias_factor": 2}
 
 

@@ -61,6 +61,10 @@ def uniform_softmax(scores, mask):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+#: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).
+SHRUNK = {"B": 1, "scale_exp": 0}
+
+
 class _Wrong(Switchable):
     """A NumPy implementation whose forward pass is `_attention` with some switches set."""
 
@@ -74,46 +78,60 @@ class _Wrong(Switchable):
 
 class ScaledByDModel(_Wrong):
     """Scores divided by sqrt(d_model) instead of sqrt(d_head) (§6.3)."""
+    breaks, says = '6.3', 'differs from the reference'
     options = {"divisor": lambda c: c["d_model"]}
 
 
 class InvertedMask(_Wrong):
     """Reads True as 'masked out', as torch.nn.MultiheadAttention does (§7.1)."""
+    breaks, says = '7.1', 'differs from the reference'
+    first = True
     options = {"invert_mask": True}
 
 
 class NaNOnFullyMaskedRow(_Wrong):
     """Softmax over a row of -inf gives NaN (§7.4)."""
+    breaks, says = '7.4', 'non-finite values'
+    first = True
     options = {"softmax": nan_softmax}
 
 
 class UniformOnFullyMaskedRow(_Wrong):
     """A fully masked row attends uniformly to every key (§7.4)."""
+    breaks, says = '7.4', 'differs from the reference'
+    first = True
     options = {"softmax": uniform_softmax}
 
 
 class InterleavedHeads(_Wrong):
     """Head h takes every H-th feature instead of a contiguous block (§6.2)."""
+    breaks, says = '6.2', 'differs from the reference'
     options = {"head_split": "interleaved"}
 
 
 class TransposedOutputProjection(_Wrong):
     """Uses W_o in PyTorch's (out, in) layout (§3)."""
+    breaks, says = '3', 'differs from the reference'
+    worked = 'two heads by hand'
     options = {"transpose_output": True}
 
 
 class DropoutAtInference(_Wrong):
     """Applies dropout although conformance is judged at inference (§8)."""
+    breaks, says = '8', 'differs from the reference'
+    first = True
     options = {"dropout_rng": np.random.default_rng(0)}
 
 
 class HeadAveragedWeights(_Wrong):
     """Returns attention weights averaged over heads, shape (B, Lq, Lk) (§4)."""
+    breaks, says = '4', 'has shape'
     post = staticmethod(lambda out, inputs: {**out, "attention_weights": out["attention_weights"].mean(axis=1)})
 
 
 class AlwaysFloat64(_Wrong):
     """Computes and returns float64 whatever dtype it was built for (§4)."""
+    breaks, says = '4', 'has dtype float64, expected float32'
 
     def build(self, config, *, dtype, device):
         return super().build(config, dtype="float64", device=device)
@@ -121,6 +139,7 @@ class AlwaysFloat64(_Wrong):
 
 class SelfAttentionOnly(_Wrong):
     """Raises when the query and key lengths differ (§1, cross-attention)."""
+    breaks, says = '1', 'raised ValueError: query and key lengths differ'
     post = None
 
     def build(self, config, *, dtype, device):
@@ -139,6 +158,7 @@ class SelfAttentionOnly(_Wrong):
 
 class BrokenBuild(_Wrong):
     """Cannot even be built."""
+    breaks, says = '', 'build raised RuntimeError'
 
     def build(self, config, *, dtype, device):
         raise RuntimeError("this implementation cannot be built")

@@ -66,3 +66,11 @@ class Implementation(NumpyImplementation):
 
     component = "embedding"
     forward = staticmethod(forward)
+
+
+# --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
+
+def padding_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """§7.2: positions holding the padding id 0; their rows of `x`."""
+    padding = np.asarray(inputs["tokens"]) == 0  # (B, T)
+    return {"x": padding[:, :, None]}

@@ -104,3 +104,18 @@ class Implementation(NumpyImplementation):
 
     component = "encoder_block"
     forward = staticmethod(forward)
+
+
+# --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
+
+def padded_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """§6: positions whose `padding_mask` is False; their rows of `y`, and their rows and columns (as query and
+    as key) of every head's attention weights."""
+    mask = inputs.get("padding_mask")
+    padded = np.zeros((example["B"], example["T"]), dtype=bool) if mask is None else ~np.asarray(mask, dtype=bool)
+    return {"y": padded[:, :, None], "attention_weights": padded[:, None, :, None] | padded[:, None, None, :]}
+
+
+def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§5.3: one feature, d_model = 1: a layer norm's input equals its mean, and LN(v) = beta exactly."""
+    return example["d_model"] == 1

@@ -70,3 +70,10 @@ class Implementation(NumpyImplementation):
 
     component = "ffn"
     forward = staticmethod(forward)
+
+
+# --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
+
+def gelu_activation(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§6.2, §6.3: the activation is a GELU, exact or tanh, not relu."""
+    return example["activation"] in ("gelu", "gelu_tanh")

@@ -76,3 +76,19 @@ class Implementation(NumpyImplementation):
 
     component = "mha"
     forward = staticmethod(forward)
+
+
+# --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
+
+def fully_masked_query_row(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """§7.4: query rows whose every key is masked; their rows of `output` and of every head's weights."""
+    mask = inputs.get("attention_mask")
+    B, Lq, Lk = example["B"], example["Lq"], example["Lk"]
+    rows = ~broadcast_mask(mask, B, Lq, Lk).any(axis=-1)  # (B, Lq)
+    return {"output": rows[:, :, None], "attention_weights": rows[:, None, :, None]}
+
+
+def score_scale_inexact_in_float32(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§6.3: the score scale 1 / sqrt(d_head) is not a float32 number (d_head is not a power of 4)."""
+    scale = 1.0 / np.sqrt(example["d_head"])
+    return bool(np.float32(scale) != scale)
