@@ -317,7 +317,7 @@ class Runner:
 
         env = {**example, **diagnostics}
         errors, budgets, tolerance = {}, {}, {}
-        check_returns_outputs(got, self.spec)
+        got = named_outputs(got, self.outputs)
         # float outputs first: a greedy comparison needs its logits' tolerance
         compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
         for out in sorted(compared, key=lambda o: o.dtype != "float"):
@@ -354,11 +354,20 @@ class Runner:
 # --- the checks of one example's outputs, each a rule of the spec's output table ---------
 # Each raises NonConformance naming the output and the sections its row names.
 
-def check_returns_outputs(got: Any, spec: Spec) -> None:
-    """The call returns a mapping from output names to arrays (§4 of every spec: the outputs)."""
-    if not isinstance(got, Mapping):
-        raise NonConformance(f"returned {type(got).__name__}, expected a dict of outputs "
-                             f"{', '.join(spec.outputs)}", ("4",))
+def named_outputs(got: Any, names: tuple[str, ...]) -> Mapping[str, Any]:
+    """The call returns a mapping from output names to arrays, or a tuple (or list) of arrays in the order of
+    `names` (the implementation's `outputs`, else the spec's output table), or one array where there is one
+    name (§4 of every spec: the outputs)."""
+    if isinstance(got, Mapping):
+        return got
+    if isinstance(got, (tuple, list)):
+        if len(got) != len(names):
+            raise NonConformance(f"returned {len(got)} values, expected {len(names)}: {', '.join(names)}", ("4",))
+        return dict(zip(names, got))
+    if len(names) == 1 and hasattr(got, "shape"):
+        return {names[0]: got}
+    raise NonConformance(f"returned {type(got).__name__}, expected a dict or a tuple of outputs {', '.join(names)}",
+                         ("4",))
 
 
 def output_array(got: Mapping[str, Any], out: Tensor) -> np.ndarray:

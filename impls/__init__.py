@@ -48,7 +48,9 @@ none), and its `environment()` says whether it used one and where.
 table). The returned Instance has:
 
     load(weights)                  # dict of NumPy float arrays, canonical names, shapes and layout
-    __call__(inputs) -> outputs    # dict of NumPy arrays (or None) -> dict of array-likes
+    __call__(inputs) -> outputs    # dict of NumPy arrays (or None) -> dict of array-likes by output name,
+                                   # or a tuple of them in the order of `outputs` (the spec's output
+                                   # table when it declares none), or one array for one output
 
 Inputs arrive as NumPy arrays of the dtype under test (masks as bool, tokens as
 int64; bfloat16 is ml_dtypes.bfloat16, see `numpy_dtype`); outputs are

@@ -6,9 +6,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from conformance.engine import CellResult, run_cell
-from conformance.spec import Spec
-from conformance.registry import resolve
+from conformance.engine import CellResult, named_outputs, run_cell
+from conformance.spec import Spec, find_spec_dir, load_spec
+from conformance.registry import Registered, resolve
 
 
 def rejected(spec: Spec, target: str, *, reason: str, max_examples: int) -> CellResult:
@@ -40,3 +40,10 @@ def keras_round_trip(layer: Any, load: Callable[[Any, dict], None], weights: dic
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
     return clone
+
+
+def outputs_of(registered: Registered, instance: Any, inputs: dict) -> dict[str, Any]:
+    """What an instance returns for `inputs`, by output name, as the engine names it (the order of the spec's
+    output table, or of the implementation's `outputs`)."""
+    spec = load_spec(find_spec_dir() / f"{registered.component}.md")
+    return dict(named_outputs(instance(inputs), registered.outputs(tuple(spec.outputs))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import deviations, generate
+from conformance import conditions, deviations, generate
 from conformance.deviations import Deviation, LedgerError
 from conformance.engine import ConfigUnsupported, NonConformance, Outcome, Runner, run_cell
 from conformance.registry import resolve
@@ -146,9 +146,10 @@ def test_entry_is_stale_only_when_no_covered_example_deviates(mha_spec):
 
 def test_condition_fully_masked_query_row():
     example = {"B": 1, "Lq": 2, "Lk": 2}
-    assert not deviations.fully_masked_query_row(example, {"attention_mask": None})
-    assert not deviations.fully_masked_query_row(example, {"attention_mask": np.array([[[True, False]]])})
-    assert deviations.fully_masked_query_row(example, {"attention_mask": np.array([[True, False], [False, False]])})
+    holds = lambda mask: conditions.holds("mha", "fully_masked_query_row", example, {"attention_mask": mask})  # noqa: E731
+    assert not holds(None)
+    assert not holds(np.array([[[True, False]]]))
+    assert holds(np.array([[True, False], [False, False]]))
 
 
 GOOD = {"id": "x", "implementation": "torch", "component": "mha", "condition": "fully_masked_query_row",
@@ -160,7 +161,7 @@ GOOD = {"id": "x", "implementation": "torch", "component": "mha", "condition": "
                             "condition, sections, explanation; optional: reference, seen_on, dtypes, backends, "
                             "devices, modes"),
     ({"explanation": None}, "entry 'x': missing fields explanation; required: id"),
-    ({"condition": "nan_rows"}, "entry 'x': unknown condition 'nan_rows'; valid: always, fully_masked_query_row"),
+    ({"condition": 3}, "entry 'x': condition has the wrong type"),  # a name its spec lacks: tests/test_usage_errors.py
     ({"sections": "7.4"}, "entry 'x': sections has the wrong type"),
     ({"dtypes": ["float65"]}, "entry 'x': dtypes has float65; it is a non-empty list of: float64, float32, "
                               "float16, bfloat16"),

@@ -11,6 +11,8 @@ from conformance import generate
 from conformance.engine import NonConformance, Outcome, Runner
 from conformance.spec import load_spec
 from conformance.registry import resolve
+
+from checks import outputs_of
 from impls.numpy.lstm_classifier import forward as numpy_forward
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed")
@@ -172,7 +174,7 @@ def test_trailing_zero_steps_are_read_not_treated_as_padding(classifier_spec):
     instance = resolve("lstm_classifier", NAME).load().build(generate.layer_config(classifier_spec, example),
                                                              dtype="float64", device="cpu")
     instance.load(weights)
-    got = instance({"x": x})
+    got = outputs_of(resolve("lstm_classifier", NAME), instance, {"x": x})
     reference = numpy_forward(example, weights, {"x": x})
     for name in ("logits", "hidden_states", "h_n", "c_n"):
         np.testing.assert_allclose(got[name], reference[name], rtol=0, atol=1e-12, err_msg=name)

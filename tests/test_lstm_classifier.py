@@ -16,7 +16,7 @@ from conformance.engine import NonConformance, Runner
 from conformance.spec import load_spec
 from conformance.registry import find_shipped, resolve
 
-from checks import keras_round_trip
+from checks import keras_round_trip, outputs_of
 
 WRONG = "tests/wrong_lstm_classifier.py"
 OUTPUTS = ("logits", "hidden_states", "h_n", "c_n")
@@ -45,9 +45,10 @@ def torch_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],
     That is the adapter impls/torch/builtin_lstm.py, which the harness also checks as an implementation
     under test; here it runs in float64 and must give the worked examples' numbers to 1e-12.
     """
-    instance = find_shipped("lstm_classifier", "torch.nn.LSTM").load().build(config, dtype="float64", device="cpu")
+    layer = find_shipped("lstm_classifier", "torch.nn.LSTM")
+    instance = layer.load().build(config, dtype="float64", device="cpu")
     instance.load({k: np.asarray(v, dtype=np.float64) for k, v in weights.items()})
-    return instance({"x": np.asarray(inputs["x"], dtype=np.float64)})
+    return outputs_of(layer, instance, {"x": np.asarray(inputs["x"], dtype=np.float64)})
 
 
 def keras_lstm_classifier(config: Mapping[str, Any], weights: Mapping[str, Any],

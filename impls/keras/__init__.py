@@ -244,12 +244,14 @@ def compile_call(layer: keras.layers.Layer) -> Callable[[dict[str, Any]], Any]:
 class LayerInstance:
     """One built layer: canonical weights in through `load_canonical`, NumPy arrays in and out.
 
-    `outputs` names the layer's return values in order, as the spec names them.
+    It returns the layer's values as a tuple in the order of the spec's output
+    table (or of the implementation's `outputs`, where it returns fewer), which
+    the harness names.
     """
 
     def __init__(self, layer: keras.layers.Layer, load_canonical: Callable[[Any, Mapping[str, np.ndarray]], None],
-                 outputs: tuple[str, ...], *, device: str, mode: str = "eager"):
-        self.layer, self.load_canonical, self.outputs = layer, load_canonical, outputs
+                 *, device: str, mode: str = "eager"):
+        self.layer, self.load_canonical = layer, load_canonical
         self.device = keras_device(device)
         pin_precision()
         with keras.device(self.device):
@@ -263,27 +265,27 @@ class LayerInstance:
         with keras.device(self.device):
             self.load_canonical(self.layer, weights)
 
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         with keras.device(self.device):
             tensors = {name: None if x is None else ops.convert_to_tensor(x) for name, x in inputs.items()}
             result = self.call(tensors)
         result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
-        return {name: ops.convert_to_numpy(value) for name, value in zip(self.outputs, result)}
+        return tuple(ops.convert_to_numpy(value) for value in result)
 
 
 class KerasImplementation:
     """What every Keras implementation shares.
 
-    A subclass names its component, its output names, and how to make the
-    layer from the layer parameters and a dtype (`layer`); `load_canonical` is
-    the component's weight converter.
+    A subclass names its component and how to make the layer from the layer
+    parameters and a dtype (`layer`); `load_canonical` is the component's
+    weight converter. The layer returns the spec's outputs in the order of its
+    output table; one that returns fewer declares them (`outputs`).
     """
 
     name = "keras"
     framework = "keras"
     dtypes = ("float64", "float32", "float16", "bfloat16")
     modes = ("eager", "compiled")
-    outputs: tuple[str, ...]
 
     def devices(self) -> list[str]:
         return devices()
@@ -309,5 +311,4 @@ class KerasImplementation:
         raise NotImplementedError
 
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str, mode: str = "eager") -> LayerInstance:
-        return LayerInstance(self.layer(config, dtype), type(self).load_canonical, self.outputs,
-                             device=device, mode=mode)
+        return LayerInstance(self.layer(config, dtype), type(self).load_canonical, device=device, mode=mode)

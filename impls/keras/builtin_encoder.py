@@ -57,7 +57,6 @@ class LayerNormalizationEncoderBlock(EncoderBlock):
 class LayerNormalization(FrameworkLayer, KerasImplementation):
     name = "keras.layers.LayerNormalization"
     component = "encoder_block"
-    outputs = ("y", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> LayerNormalizationEncoderBlock:

@@ -132,7 +132,6 @@ def load_ffn(layer: DenseFeedForward, weights: Mapping[str, np.ndarray]) -> None
 class Embedding(FrameworkLayer, KerasImplementation):
     name = "keras.layers.Embedding"
     component = "embedding"
-    outputs = ("x", "padding_mask")
     load_canonical = staticmethod(load_embedding)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> EmbeddingLayers:
@@ -143,7 +142,6 @@ class Embedding(FrameworkLayer, KerasImplementation):
 class Dense(FrameworkLayer, KerasImplementation):
     name = "keras.layers.Dense"
     component = "ffn"
-    outputs = ("y",)
     load_canonical = staticmethod(load_ffn)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> DenseFeedForward:

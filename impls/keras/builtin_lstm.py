@@ -181,7 +181,6 @@ class _Builtin(FrameworkLayer, KerasImplementation):
 
 class Classifier(_Builtin):
     component = "lstm_classifier"
-    outputs = ("logits", "hidden_states", "h_n", "c_n")
     load_canonical = staticmethod(load_classifier)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> StackedLSTMClassifier:
@@ -191,7 +190,6 @@ class Classifier(_Builtin):
 
 class Seq2Seq(_Builtin):
     component = "lstm_seq2seq"
-    outputs = ("logits", "attention_weights", "generated")
     load_canonical = staticmethod(load_seq2seq)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> LSTMSeq2SeqLayers:

@@ -105,7 +105,6 @@ class MultiHeadAttentionScores(FrameworkLayer, KerasImplementation):
 
     name = "keras.layers.MultiHeadAttention"
     component = "mha"
-    outputs = ("output", "attention_weights")
     return_attention_scores = True
     load_canonical = staticmethod(load_canonical)
 

@@ -85,7 +85,6 @@ def load_canonical(layer: TokenAndPositionEmbedding, weights: Mapping[str, np.nd
 
 class Implementation(KerasImplementation):
     component = "embedding"
-    outputs = ("x", "padding_mask")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> TokenAndPositionEmbedding:

@@ -97,7 +97,6 @@ def load_canonical(layer: EncoderBlock, weights: Mapping[str, np.ndarray]) -> No
 
 class Implementation(KerasImplementation):
     component = "encoder_block"
-    outputs = ("y", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> EncoderBlock:

@@ -84,7 +84,6 @@ def load_canonical(layer: FeedForward, weights: Mapping[str, np.ndarray]) -> Non
 
 class Implementation(KerasImplementation):
     component = "ffn"
-    outputs = ("y",)
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> FeedForward:

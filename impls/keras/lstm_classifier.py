@@ -101,7 +101,6 @@ def load_canonical(layer: LSTMClassifier, weights: Mapping[str, np.ndarray]) -> 
 
 class Implementation(KerasImplementation):
     component = "lstm_classifier"
-    outputs = ("logits", "hidden_states", "h_n", "c_n")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> LSTMClassifier:

@@ -130,7 +130,6 @@ def load_canonical(layer: AttentionSeq2Seq, weights: Mapping[str, np.ndarray]) -
 
 class Implementation(KerasImplementation):
     component = "lstm_seq2seq"
-    outputs = ("logits", "attention_weights", "generated")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> AttentionSeq2Seq:

@@ -83,7 +83,6 @@ def load_canonical(layer: MultiHeadAttention, weights: Mapping[str, np.ndarray])
 
 class Implementation(KerasImplementation):
     component = "mha"
-    outputs = ("output", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 
     def layer(self, config: Mapping[str, Any], dtype: str) -> MultiHeadAttention:

@@ -143,41 +143,43 @@ def compile_module(module: torch.nn.Module, fullgraph: bool = True) -> Callable[
 class ModuleInstance:
     """One built module: canonical weights in through `load_canonical`, NumPy arrays in and out.
 
-    `outputs` names the module's return values in order, as the spec names them.
+    It returns the module's values as a tuple in the order of the spec's output
+    table (or of the implementation's `outputs`, where it returns fewer), which
+    the harness names.
     """
 
     def __init__(self, module: torch.nn.Module, load_canonical: Callable[[Any, Mapping[str, np.ndarray]], None],
-                 outputs: tuple[str, ...], *, dtype: str, device: str, mode: str = "eager"):
+                 *, dtype: str, device: str, mode: str = "eager"):
         pin_precision()
         self.device = torch.device(DEVICE_NAMES[device])
         self.module = module.to(self.device, getattr(torch, dtype)).eval()
-        self.load_canonical, self.outputs = load_canonical, outputs
+        self.load_canonical = load_canonical
         self.forward = compile_module(self.module) if mode == "compiled" else self.module
 
     def load(self, weights: Mapping[str, np.ndarray]) -> None:
         self.load_canonical(self.module, weights)
 
-    def __call__(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         tensors = {name: None if x is None else to_tensor(x, self.device) for name, x in inputs.items()}
         with torch.no_grad():
             result = self.forward(**tensors)
         result = result if isinstance(result, tuple) else (result,)
-        return {name: to_numpy(value) for name, value in zip(self.outputs, result)}
+        return tuple(to_numpy(value) for value in result)
 
 
 class TorchImplementation:
     """What every PyTorch implementation shares.
 
-    A subclass names its component, its output names, and how to make the
-    module from the layer parameters (`module`); `load_canonical` is the
-    component's weight converter.
+    A subclass names its component and how to make the module from the layer
+    parameters (`module`); `load_canonical` is the component's weight
+    converter. The module returns the spec's outputs in the order of its
+    output table; one that returns fewer declares them (`outputs`).
     """
 
     name = "torch"
     framework = "torch"
     dtypes = ("float64", "float32", "float16", "bfloat16")
     modes = ("eager", "compiled")
-    outputs: tuple[str, ...]
 
     def devices(self) -> list[str]:
         return devices()
@@ -203,5 +205,4 @@ class TorchImplementation:
         reason = self.supports(config)
         if reason is not None:  # the harness asks first; this is for direct callers
             raise ValueError(f"{self.name}: unsupported configuration: {reason}")
-        return ModuleInstance(self.module(config), type(self).load_canonical, self.outputs,
-                              dtype=dtype, device=device, mode=mode)
+        return ModuleInstance(self.module(config), type(self).load_canonical, dtype=dtype, device=device, mode=mode)

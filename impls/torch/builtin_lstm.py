@@ -182,7 +182,6 @@ class _Builtin(FrameworkLayer, TorchImplementation):
 
 class Classifier(_Builtin):
     component = "lstm_classifier"
-    outputs = ("logits", "hidden_states", "h_n", "c_n")
     load_canonical = staticmethod(load_classifier)
 
     def module(self, config: Mapping[str, Any]) -> ClassifierLSTM:
@@ -191,7 +190,6 @@ class Classifier(_Builtin):
 
 class Seq2Seq(_Builtin):
     component = "lstm_seq2seq"
-    outputs = ("logits", "attention_weights", "generated")
     load_canonical = staticmethod(load_seq2seq)
     layer = Seq2SeqLSTM
 

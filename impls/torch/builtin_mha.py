@@ -103,7 +103,6 @@ class _Builtin(FrameworkLayer, TorchImplementation):
 
 class MultiheadAttentionWeights(_Builtin):
     name = "torch.nn.MultiheadAttention"
-    outputs = ("output", "attention_weights")
     need_weights = True
     load_canonical = staticmethod(load_multihead_attention)
 

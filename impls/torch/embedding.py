@@ -64,7 +64,6 @@ def load_canonical(module: TokenAndPositionEmbedding, weights: Mapping[str, np.n
 
 class Implementation(TorchImplementation):
     component = "embedding"
-    outputs = ("x", "padding_mask")
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> TokenAndPositionEmbedding:

@@ -63,7 +63,6 @@ def load_canonical(module: EncoderBlock, weights: Mapping[str, np.ndarray]) -> N
 
 class Implementation(TorchImplementation):
     component = "encoder_block"
-    outputs = ("y", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> EncoderBlock:

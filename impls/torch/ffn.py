@@ -48,7 +48,6 @@ def load_canonical(module: FeedForward, weights: Mapping[str, np.ndarray]) -> No
 
 class Implementation(TorchImplementation):
     component = "ffn"
-    outputs = ("y",)
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> FeedForward:

@@ -73,7 +73,6 @@ def load_canonical(module: LSTMClassifier, weights: Mapping[str, np.ndarray]) ->
 
 class Implementation(TorchImplementation):
     component = "lstm_classifier"
-    outputs = ("logits", "hidden_states", "h_n", "c_n")
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> LSTMClassifier:

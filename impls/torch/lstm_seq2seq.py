@@ -100,7 +100,6 @@ def load_canonical(module: AttentionSeq2Seq, weights: Mapping[str, np.ndarray]) 
 
 class Implementation(TorchImplementation):
     component = "lstm_seq2seq"
-    outputs = ("logits", "attention_weights", "generated")
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> AttentionSeq2Seq:

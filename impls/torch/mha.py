@@ -68,7 +68,6 @@ def load_canonical(module: MultiHeadAttention, weights: Mapping[str, np.ndarray]
 
 class Implementation(TorchImplementation):
     component = "mha"
-    outputs = ("output", "attention_weights")
     load_canonical = staticmethod(load_canonical)
 
     def module(self, config: Mapping[str, Any]) -> MultiHeadAttention:
