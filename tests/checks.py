@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -24,8 +25,10 @@ def rejected(spec: Spec, target: str, *, reason: str, max_examples: int) -> Cell
     return cell
 
 
-def keras_round_trip(layer: Any, load: Callable[[Any, dict], None], weights: dict, *inputs: Any) -> Any:
-    """Serialize a built, loaded Keras layer and rebuild it: same config, built, same outputs."""
+def keras_round_trip(layer: Any, load: Callable[[Any, dict], None], weights: dict, *inputs: Any,
+                     **named: Any) -> Any:
+    """Serialize a built, loaded Keras layer and rebuild it: same config, built, same outputs (for `inputs`
+    given in order, and `named` by name; a None stays None)."""
     import keras
     from keras import ops
 
@@ -34,7 +37,8 @@ def keras_round_trip(layer: Any, load: Callable[[Any, dict], None], weights: dic
     assert clone.built  # the serialized build config rebuilds it
     load(clone, weights)
     tensors = [ops.convert_to_tensor(x) for x in inputs]
-    ours, theirs = layer(*tensors), clone(*tensors)
+    by_name = {k: None if x is None else ops.convert_to_tensor(x) for k, x in named.items()}
+    ours, theirs = layer(*tensors, **by_name), clone(*tensors, **by_name)
     if not isinstance(ours, (tuple, list)):
         ours, theirs = [ours], [theirs]
     for a, b in zip(ours, theirs, strict=True):
@@ -47,3 +51,8 @@ def outputs_of(registered: Registered, instance: Any, inputs: dict) -> dict[str,
     output table, or of the implementation's `outputs`)."""
     spec = load_spec(find_spec_dir() / f"{registered.component}.md")
     return dict(named_outputs(instance(inputs), registered.outputs(tuple(spec.outputs))))
+
+
+def mistake(component: str, name: str) -> Registered:
+    """One of the deliberately wrong implementations of tests/wrong_<component>.py, as a plug-in."""
+    return resolve(component, f"{Path(__file__).resolve().parent / f'wrong_{component}.py'}:{name}")

@@ -18,11 +18,10 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.registry import resolve
 
-from checks import keras_round_trip
+from checks import mistake
 
-WRONG = "tests/wrong_embedding.py"
+
 keras_installed = importlib.util.find_spec("keras") is not None
 
 
@@ -31,13 +30,10 @@ def spec():
     return load_spec(Path(__file__).resolve().parent.parent / "spec" / "embedding.md")
 
 
-def _plugin(root, name):
-    return resolve("embedding", f"{root / WRONG}:{name}")
-
 
 def test_shrunk_counterexamples_are_the_smallest_that_show_each_mistake(root, spec):
     def minimal(name):
-        return run_cell(spec, _plugin(root, name), "float32", "cpu", max_examples=60).counterexample
+        return run_cell(spec, mistake("embedding", name), "float32", "cpu", max_examples=60).counterexample
 
     # concatenated and interleaved agree for d_model <= 2; from d_model = 3 they differ already at
     # position 0, [0, 1, 0] against [0, 0, 1]
@@ -56,7 +52,7 @@ def test_the_mistakes_miss_their_budget_by_far(root, spec):
     worked = next(e for e in spec.examples if e.config["positional"] == "sinusoidal" and e.config["scale"])
 
     for name in ("ConcatenatedHalves", "SwappedSinCos", "MissingScale", "ScaledPositions", "PositionsFromOne"):
-        runner = Runner(spec, _plugin(root, name), "float32", "cpu")
+        runner = Runner(spec, mistake("embedding", name), "float32", "cpu")
         with pytest.raises(NonConformance) as info:
             runner.run_worked(worked)
         err, budget = map(float, re.search(r"by (\S+) eps, budget (\S+) eps", info.value.reason).groups())
@@ -155,14 +151,3 @@ def test_keras_converter_and_sinusoidal_table(spec):
     assert table[3, 1] == pytest.approx(math.cos(3), abs=1e-15) and table[3, 4] == pytest.approx(
         math.sin(3 / 10000 ** (4 / 5)), abs=1e-15)
 
-
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-def test_keras_layer_round_trips_through_config(spec):
-    from impls.keras.embedding import TokenAndPositionEmbedding, load_canonical
-
-    for positional in ("learned", "sinusoidal"):
-        _, w, x = _example(spec, positional=positional)
-        layer = TokenAndPositionEmbedding(7, 5, 9, positional, True, dtype="float64")
-        layer.build()
-        load_canonical(layer, w)
-        keras_round_trip(layer, load_canonical, w, x["tokens"])

@@ -13,11 +13,10 @@ from conformance.cli import main
 from conformance.engine import run_cell, run_matrix
 from conformance.registry import find_shipped, Registered, resolve
 
+from checks import mistake
+
 
 WRONG = "tests/wrong_mha.py"
-
-def _plugin(root, name):
-    return resolve("mha", f"{root / WRONG}:{name}")
 
 
 def test_repro_line_reproduces(root, mha_spec, monkeypatch, capsys):
@@ -31,7 +30,7 @@ def test_repro_line_reproduces(root, mha_spec, monkeypatch, capsys):
 
 def test_worked_examples_catch_what_random_search_may_miss(root, mha_spec):
     # With one example the search cannot find the mistake; the worked examples still do.
-    cell = run_cell(mha_spec, _plugin(root, "TransposedOutputProjection"), "float32", "cpu", max_examples=1)
+    cell = run_cell(mha_spec, mistake("mha", "TransposedOutputProjection"), "float32", "cpu", max_examples=1)
     assert cell.verdict == "non-conformant"
     assert cell.reason.startswith("worked example 'two heads by hand'")
     assert cell.sections and all(s.startswith("mha §") for s in cell.sections)
@@ -43,7 +42,7 @@ def test_one_broken_cell_does_not_stop_the_others(root, mha_spec, monkeypatch):
     monkeypatch.setitem(registry.FRAMEWORK_MODULES, "torch", ("no_such_torch_module",))
     cells = run_matrix([mha_spec], [
         Registered("mha", "missing-module", "numpy", "no_such_module_anywhere:Impl", "plugin"),
-        _plugin(root, "BrokenBuild"),
+        mistake("mha", "BrokenBuild"),
         find_shipped("mha", "torch"),
         find_shipped("mha", "numpy"),
     ], dtypes=["float32"], devices=["cpu"], modes=["eager"], max_examples=10)

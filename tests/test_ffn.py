@@ -14,11 +14,10 @@ import pytest
 from conformance import generate
 from conformance.engine import run_cell
 from conformance.spec import load_spec
-from conformance.registry import resolve
 
-from checks import keras_round_trip
+from checks import mistake
 
-WRONG = "tests/wrong_ffn.py"
+
 keras_installed = importlib.util.find_spec("keras") is not None
 
 
@@ -27,21 +26,18 @@ def ffn_spec():
     return load_spec(Path(__file__).resolve().parent.parent / "spec" / "ffn.md")
 
 
-def _plugin(root, name):
-    return resolve("ffn", f"{root / WRONG}:{name}")
-
 
 def test_erf_and_tanh_gelu_are_told_apart_in_float32_with_a_wide_margin(root, ffn_spec):
     # the classic Keras/PyTorch mismatch: rejected by more than ten times its budget on the minimal example
     for name in ("TanhForGelu", "ErfForGeluTanh"):
-        cell = run_cell(ffn_spec, _plugin(root, name), "float32", "cpu", max_examples=30)
+        cell = run_cell(ffn_spec, mistake("ffn", name), "float32", "cpu", max_examples=30)
         err, budget = map(float, re.search(r"by (\S+) eps, budget (\S+) eps", cell.reason).groups())
         assert err > 10 * budget, cell.reason
 
 
 def test_transposed_second_projection_is_caught_by_the_layout_example(root, ffn_spec):
     # W_2 can only be used transposed when d_ff == d_model, which random search rarely draws
-    cell = run_cell(ffn_spec, _plugin(root, "TransposedSecondProjection"), "float32", "cpu", max_examples=3)
+    cell = run_cell(ffn_spec, mistake("ffn", "TransposedSecondProjection"), "float32", "cpu", max_examples=3)
     assert cell.verdict == "non-conformant"
     assert cell.reason.startswith("worked example 'relu and layout by hand'")
 
@@ -80,15 +76,6 @@ def test_keras_converter_keeps_the_canonical_layout(ffn_spec):
     np.testing.assert_array_equal(np.asarray(layer.bias_2), w["b_2"])
 
 
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-def test_keras_layer_round_trips_through_config(ffn_spec):
-    from impls.keras.ffn import FeedForward, load_canonical
-
-    w, x = _arrays(ffn_spec, d_model=4, d_ff=6)
-    layer = FeedForward(4, 6, activation="gelu_tanh", dropout=0.1, dtype="float64")
-    layer.build()
-    load_canonical(layer, w)
-    keras_round_trip(layer, load_canonical, w, x["x"])
 
 
 # spec/ffn.md §9.2 and §9.3: the activations at -1, 1, 2

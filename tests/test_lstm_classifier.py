@@ -14,11 +14,10 @@ import pytest
 from conformance import generate
 from conformance.engine import NonConformance, Runner
 from conformance.spec import load_spec
-from conformance.registry import find_shipped, resolve
+from conformance.registry import find_shipped
 
-from checks import keras_round_trip, outputs_of
+from checks import mistake, outputs_of
 
-WRONG = "tests/wrong_lstm_classifier.py"
 OUTPUTS = ("logits", "hidden_states", "h_n", "c_n")
 torch_installed = importlib.util.find_spec("torch") is not None
 keras_installed = importlib.util.find_spec("keras") is not None
@@ -97,15 +96,12 @@ def test_framework_layer_agrees_with_every_worked_example(spec, layer):
 
 # --- deliberately wrong implementations -------------------------------------------
 
-def _plugin(root, name):
-    return resolve("lstm_classifier", f"{root / WRONG}:{name}")
-
 
 @pytest.mark.parametrize("name", ["BookGateOrder", "HardSigmoid", "FirstStepClassified", "BiasTwice",
                                   "SwappedStates", "TopLayerStatesOnly"])
 def test_a_worked_example_by_hand_rejects_each_mistake(root, spec, name):
     """§9.1 and §9.2 alone catch every mistake above, whatever the random search finds."""
-    runner = Runner(spec, _plugin(root, name), "float32", "cpu")
+    runner = Runner(spec, mistake("lstm_classifier", name), "float32", "cpu")
     caught = []
     for ex in (ex for ex in spec.examples if ex.name.endswith("by hand")):
         try:
@@ -154,13 +150,3 @@ def test_keras_converter_keeps_the_canonical_layout(spec):
     np.testing.assert_array_equal(np.asarray(layer.biases[1]), w["b_1"])
     np.testing.assert_array_equal(np.asarray(layer.output_kernel), w["W_out"])
 
-
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-def test_keras_layer_round_trips_through_config(spec):
-    from impls.keras.lstm_classifier import LSTMClassifier, load_canonical
-
-    _, w, x = _arrays(spec)
-    layer = LSTMClassifier(3, 4, 2, 5, dtype="float64")
-    layer.build()
-    load_canonical(layer, w)
-    keras_round_trip(layer, load_canonical, w, x["x"])

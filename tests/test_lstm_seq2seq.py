@@ -11,11 +11,11 @@ import pytest
 from conformance import generate
 from conformance.engine import Runner, run_cell
 from conformance.spec import load_spec
-from conformance.registry import find_shipped, resolve
+from conformance.registry import find_shipped
 
-from checks import keras_round_trip
+from checks import mistake
 
-WRONG = "tests/wrong_lstm_seq2seq.py"
+
 keras_installed = importlib.util.find_spec("keras") is not None
 
 
@@ -26,9 +26,6 @@ def spec():
     return load_spec(find_spec_dir() / "lstm_seq2seq.md")
 
 
-def _plugin(root, name):
-    return resolve("lstm_seq2seq", f"{root / WRONG}:{name}")
-
 
 @pytest.mark.parametrize("name, example", [
     ("GenerationStartsAtOne", "one hidden unit by hand"),
@@ -36,7 +33,7 @@ def _plugin(root, name):
     ("ScaledScores", "two sequences from torch.nn.LSTM"),
 ])
 def test_worked_examples_catch_what_one_random_example_misses(root, spec, name, example):
-    cell = run_cell(spec, _plugin(root, name), "float32", "cpu", max_examples=1)
+    cell = run_cell(spec, mistake("lstm_seq2seq", name), "float32", "cpu", max_examples=1)
     assert cell.verdict == "non-conformant" and cell.reason.startswith(f"worked example {example!r}"), cell.reason
 
 
@@ -59,7 +56,7 @@ def test_a_near_tie_is_not_a_disagreement(root, spec):
     reference = forward(config, weights, inputs, diagnostics)
     assert (diagnostics["generated_margin"][:, 0] == 0).all() and (reference["generated"][:, 0] == 1).all()
 
-    candidate = _plugin(root, "TiesToHigherId")
+    candidate = mistake("lstm_seq2seq", "TiesToHigherId")
     got = candidate.load().build(config, dtype="float64", device="cpu")
     got.load(weights)
     assert (got(inputs)["generated"][:, 0] == 2).all()  # it disagrees from the first step on...
@@ -105,13 +102,6 @@ def test_keras_converter_maps_names_onto_the_lstmcell_layout(spec):
         np.testing.assert_array_equal(ops.convert_to_numpy(getattr(layer, variable)), weights[name])
 
 
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-def test_keras_layer_round_trips_through_config(spec):
-    from impls.keras.lstm_seq2seq import load_canonical
-
-    layer, weights, inputs = _keras_layer(spec)
-    clone = keras_round_trip(layer, load_canonical, weights, inputs["source"], inputs["target_in"])
-    assert clone.get_config()["N"] == 3
 
 
 def torch_seq2seq(config, weights, inputs):

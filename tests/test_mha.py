@@ -12,7 +12,6 @@ import pytest
 
 from conformance import generate
 
-from checks import keras_round_trip
 
 
 def _weights(mha_spec, **config):
@@ -51,15 +50,6 @@ def test_keras_converter_splits_heads_into_einsum_kernels(mha_spec):
     np.testing.assert_array_equal(np.asarray(layer.output_kernel)[1], w["W_o"][4:8])
 
 
-@pytest.mark.skipif(not keras_installed, reason="Keras is not installed")
-def test_keras_layer_round_trips_through_config(mha_spec):
-    from impls.keras.mha import MultiHeadAttention, load_canonical
-
-    example, w, x = _weights(mha_spec, d_model=5, num_heads=3, d_head=2)
-    layer = MultiHeadAttention(5, 3, 2, dropout=0.1, dtype="float64")
-    layer.build()
-    load_canonical(layer, w)
-    keras_round_trip(layer, load_canonical, w, *(x[n] for n in ("query", "key", "value")))
 
 
 BACKENDS = {"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}
