@@ -107,7 +107,7 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
     broken = sorted(k for k, cs in ran.items() if any(Verdict(c["verdict"]).failed for c in cs))
     if broken:
         lines += ["", "Not conformant and not in the ledger: " + ", ".join(
-            f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if c['verdict'] in ('non-conformant', 'error'))})"
+            f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if Verdict(c['verdict']).failed)})"
             for name, component in broken) + "."]
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,7 @@ from conformance.engine import (CellResult, Event, keep_hypothesis_files_out_of_
 from conformance.spec import Spec
 from conformance.registry import (ENTRY_POINT_GROUP, Registered, _describe, shipped, by_name, entry_point_targets,
                                   load_target)
-from conformance.vocabulary import ENTRY_POINT, PLUGIN, Slot, UsageError
+from conformance.vocabulary import ENTRY_POINT, PLUGIN, Slot, UsageError, Verdict
 
 #: Seconds without news from the workers after which the running cells are reported (`on_status`).
 STATUS_EVERY = 60.0
@@ -478,7 +478,7 @@ class Pool:
         cell = CellResult(task.spec.component, task.impl.label, task.impl.framework, task.backend,
                           task.device, task.dtype, task.mode)
         drawn = w.example if w.example and "worked_example" not in w.example and not w.whole_cell else None
-        cell.verdict, cell.reason = "error", f"{what} {where(w.example, w.loaded)}"
+        cell.verdict, cell.reason = Verdict.ERROR, f"{what} {where(w.example, w.loaded)}"
         cell.examples = max(0, w.examples - 1)
         cell.counterexample = drawn
         cell.repro = repro_command(task.spec.component, task.impl.label, task.dtype, task.device, drawn, task.mode)
