@@ -5,6 +5,7 @@
     python benchmarks/bench.py keras-jax        # one Keras component, eager, on jax against tensorflow
     python benchmarks/bench.py tox              # `tox` (the quick start) from a fresh clone of this checkout
     python benchmarks/bench.py ci               # `.ci/run` from a fresh clone of this checkout
+    python benchmarks/bench.py report           # the report of 5,000 cells: bytes, seconds to write, to open
 
 Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
 with the machine's description and the compilation cache used (CONFORMANCE_CACHE_DIR;
@@ -193,6 +194,47 @@ def bench_ci(args: argparse.Namespace) -> None:
                       "pytest": tail[0] if tail else None})
 
 
+def _open_seconds(html: Path, loads: int) -> list[float]:
+    """Seconds headless Chromium takes to open the page (load event, then layout), once per load."""
+    from playwright.sync_api import sync_playwright
+
+    found = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or shutil.which("chromium-browser"),
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            for _ in range(loads):
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                start = time.perf_counter()
+                page.goto(html.as_uri(), wait_until="load", timeout=120_000)
+                page.evaluate("document.body.getBoundingClientRect().height")  # layout done
+                found.append(round(time.perf_counter() - start, 2))
+                page.close()
+        finally:
+            browser.close()
+    return found
+
+
+def bench_report(args: argparse.Namespace) -> None:
+    """`conformance report` on a results file of --cells cells made by tests/results_sample.py (real cells
+    copied, with varied implementations, dtypes and verdicts), or on --results: the page's size, the
+    seconds the command takes, and the median seconds Chromium takes to open the page."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from results_sample import many
+    from conformance.results import write_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(args.results) if args.results else write_results(Path(tmp) / "results.json", many(args.cells))
+        html = Path(tmp) / "site" / "index.html"
+        seconds, _ = timed(conformance("report", str(results), "-o", str(html)), cwd=ROOT)
+        opened = _open_seconds(html, args.loads)
+        record("report", {"results": args.results or f"tests/results_sample.py many({args.cells})",
+                          "cells": len(cells(results)), "results_bytes": results.stat().st_size,
+                          "bytes": html.stat().st_size, "npz_files": len(list(html.parent.glob("npz/*.npz"))),
+                          "write_seconds": seconds, "open_seconds": sorted(opened)[len(opened) // 2],
+                          "open_seconds_each": opened})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="benchmark", required=True)
@@ -212,6 +254,11 @@ def main() -> None:
     ci = sub.add_parser("ci")
     ci.add_argument("--at", help="clone at this fixed path (removed first) rather than a temporary folder")
     ci.set_defaults(func=bench_ci)
+    report = sub.add_parser("report")
+    report.add_argument("--cells", type=int, default=5000)
+    report.add_argument("--results", help="a results file to report on instead of made-up cells")
+    report.add_argument("--loads", type=int, default=5, help="times Chromium opens the page (the median is recorded)")
+    report.set_defaults(func=bench_report)
     args = p.parse_args()
     args.func(args)
 

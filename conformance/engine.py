@@ -317,7 +317,7 @@ class Runner:
 
         env = {**example, **diagnostics}
         errors, budgets, tolerance = {}, {}, {}
-        got = named_outputs(got, self.outputs)
+        got = self.last["outputs"] = named_outputs(got, self.outputs)
         # float outputs first: a greedy comparison needs its logits' tolerance
         compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
         for out in sorted(compared, key=lambda o: o.dtype != "float"):

@@ -9,7 +9,9 @@ from anywhere.
 The format (results.schema.json, `evidence`): the groups "inputs", "outputs"
 (the candidate's), "reference" and "weights", each a mapping name -> array, or
 null where there is none ("absent" then says why: the candidate raised, or
-returned something other than a mapping). An array is {"shape", "dtype",
+returned something that matches no output). Outputs returned by position (a
+tuple, or one array) are named as the engine names them, in the order of the
+spec's output table. An array is {"shape", "dtype",
 "data"}, `data` the base64 of its little-endian bytes in row-major order; with
 "window": {"start", "shape"}, `data` holds only that block of it; or it is
 {"shape", "dtype", "omitted": why}. Values keep the array's own dtype, so they
@@ -76,6 +78,17 @@ def _as_array(value: Any) -> np.ndarray | str:
     return a
 
 
+def difference(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """|got - ref| element by element in float64: 0 where both hold the same value (infinities and NaN
+    included), infinite where one is non-finite and the other is not the same."""
+    g, r = got.astype(np.float64), ref.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(g - r)
+    diff[(g == r) | (np.isnan(g) & np.isnan(r))] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return diff
+
+
 def _difference(got: np.ndarray, ref: np.ndarray) -> tuple[float, tuple[int, ...]]:
     """How much `got` differs from `ref`, relative to the reference's largest magnitude, and where most.
 
@@ -84,12 +97,9 @@ def _difference(got: np.ndarray, ref: np.ndarray) -> tuple[float, tuple[int, ...
         return math.inf, (0,) * ref.ndim
     if got.size == 0:
         return 0.0, (0,) * ref.ndim
-    g, r = got.astype(np.float64), ref.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(g - r)
-    diff[(g == r) | (np.isnan(g) & np.isnan(r))] = 0.0
-    diff[np.isnan(diff)] = np.inf
+    diff = difference(got, ref)
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    r = ref.astype(np.float64)
     finite = np.abs(r[np.isfinite(r)])
     scale = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     return float(diff[worst]) / scale, tuple(int(i) for i in worst)
@@ -169,6 +179,27 @@ def _store(a: np.ndarray, unit: _Unit, allowance: int) -> dict[str, Any]:
     return entry
 
 
+def _named(got: Any, reference: Mapping[str, Any], spec: Spec) -> Any:
+    """The candidate's outputs as a mapping where it returned them by position, as the engine names them:
+    a tuple (or list) in the order of the spec's output table, or one array. When it returned fewer
+    (an adapter declares the outputs it has), each is named by the next output in that order whose
+    reference has its shape; what cannot be named so is returned as it came."""
+    if isinstance(got, Mapping) or got is None:
+        return got
+    values = list(got) if isinstance(got, (tuple, list)) else [got]
+    names = [n for n in spec.outputs if n in reference] or list(reference)
+    if len(values) == len(names):
+        return dict(zip(names, values))
+    named: dict[str, Any] = {}
+    rest = iter(names)
+    try:
+        for value in values:
+            named[next(n for n in rest if np.shape(reference[n]) == np.shape(value))] = value
+    except (StopIteration, Exception):  # no such output, or a value np.shape cannot read
+        return got
+    return named
+
+
 def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
     """The arrays of one example in the format above, at most MAX_ELEMENTS elements; None without arrays."""
     if not arrays:
@@ -176,6 +207,8 @@ def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
     kept: dict[str, Any] = {}
     absent: dict[str, str] = {}
     found: dict[str, dict[str, np.ndarray]] = {}
+    reference = arrays.get("reference") if isinstance(arrays.get("reference"), Mapping) else {}
+    arrays = {**arrays, "outputs": _named(arrays.get("outputs"), reference, spec)}
     for group in GROUPS:
         values = arrays.get(group)
         found[group] = {}
@@ -183,7 +216,8 @@ def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
             kept[group] = None
             if group == "outputs":
                 absent[group] = ("the implementation raised" if values is None
-                                 else f"the implementation returned a {type(values).__name__}, not a mapping")
+                                 else f"the implementation returned a {type(values).__name__} that does not match "
+                                      "the reference's outputs")
             continue
         kept[group] = {}
         for name, value in values.items():
@@ -212,7 +246,7 @@ def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
 # --- reading it back ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Kept:
     """One array as the results hold it: all of it, a block of it (`start`), or only why it is not there."""
 

@@ -1,17 +1,23 @@
 """`conformance report`: one self-contained HTML file over any number of results files.
 
-The page (templates/report.html, rendered by jinja2 with autoescaping on, so
-every reason, repr and name from a results file is shown as text) has: totals
-per verdict; the matrix (report_matrix.py), components by
-implementation[backend] > device > mode > dtype, with foldable column groups;
-a section per slot with the spec
-sections involved (linked), the errors against their budgets, a scatter plot
-of error / budget against the examples' shape parameters, the minimal or worst
-example with its reproduction command and a .npz of its arrays, and for
-attention components the attention weights of each implementation side by
-side; the environments the results came from; and with --baseline, the
-comparison. CSS and the one small script are inline and graphics are inline
-SVG, so the file opens from disk with nothing fetched.
+The report only reads results: it runs no implementation and recomputes no
+reference. The page (templates/report.html, rendered by jinja2 with
+autoescaping on, so every reason, repr and name from a results file is shown
+as text) leads with what needs attention: the non-conformant slots, the
+errors, the known deviations and the slots that used over half their budget,
+in that order, each a section that opens on a click. Then the matrix
+(report_matrix.py: a table per component, implementations as rows, columns
+device > mode > dtype, foldable), the comparison with --baseline, the other
+slots that ran, the slots that did not (unsupported, not available) as counts
+grouped by reason, and the environments the results came from. A slot's
+section has the spec sections involved (linked), the errors against their
+budgets, a scatter plot of error / budget against the examples' shape
+parameters, the minimal or worst example with its reproduction command, and,
+where the results kept the failing example's arrays (conformance/evidence.py),
+a .npz of them and for attention components the attention weights of the
+implementation beside the reference's (report_arrays.py). CSS and the one small
+script are inline and graphics are inline SVG, so the file opens from disk
+with nothing fetched.
 
 Everything is read and rendered before anything is written; then the .npz
 files (npz/ beside the page) and the page are each written atomically.
@@ -24,25 +30,45 @@ import json
 import os
 import re
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
+from pathlib import Path
 
 import jinja2
-import numpy as np
+import markupsafe
 
 from conformance import __version__
 from conformance.atomic import atomic_write
 from conformance.compare import Change, Comparison, compare
 from conformance.engine import repro_command
+from conformance.evidence import EvidenceError, unpack
 from conformance.merge import by_slot, merge_documents, representative
-from conformance.report_arrays import ATTENTION, Recomputer, npz_bytes, reference
-from conformance.report_figures import describe_index, heatmap, leading_index, scatter_panels
-from conformance.report_matrix import (cell_text, column_groups, column_order, format_ratio, header_rows, impl_order,
-                                       matrix_row, walk)
+from conformance.report_arrays import attention, npz_bytes
+from conformance.report_figures import scatter_plot
+from conformance.report_matrix import axis_order, cell_text, format_ratio, impl_order, slot_order, tables, walk
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, load_spec
-from conformance.vocabulary import impl_label, Slot, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, impl_label, MODES, Slot, Verdict
+
+#: A reason shown in a section's one-line summary is cut to this many characters.
+SUMMARY_REASON = 160
+#: The values of an axis named for the slots that did not run for one reason, before "and N more".
+SPAN_NAMES = 8
+
+
+def near(cell: dict[str, Any]) -> bool:
+    """A conformant cell whose largest error used over half its budget."""
+    return cell["verdict"] == Verdict.CONFORMANT and (cell["max_ratio"] or 0) > 0.5
+
+
+#: What needs attention, in the order the page shows it: (id, heading, which slots).
+ATTENTION_GROUPS = (
+    ("non-conformant", "Non-conformant", lambda c: c["verdict"] == Verdict.NON_CONFORMANT),
+    ("error", "Errors", lambda c: c["verdict"] == Verdict.ERROR),
+    ("known-deviation", "Known deviations", lambda c: c["verdict"] == Verdict.KNOWN_DEVIATION),
+    ("near", "Conformant, over half the budget", near),
+)
 
 
 @dataclass
@@ -75,8 +101,16 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["ratio"] = format_ratio
     env.filters["num"] = lambda v: "-" if v is None else f"{v:.4g}"
-    env.filters["tojson_text"] = lambda v: json.dumps(v, sort_keys=False)
+    env.filters["tojson_text"] = lambda v: text(json.dumps(v, sort_keys=False))
+    env.filters["text"] = text
     return env
+
+
+def text(value: Any) -> markupsafe.Markup:
+    """Escaped for an element's content, where only &, < and > need it (quotes stay quotes, which keeps
+    JSON and commands short and readable); never for an attribute's value."""
+    s = str(value)
+    return markupsafe.Markup(s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def github_anchor(heading: str) -> str:
@@ -107,10 +141,12 @@ class _Builder:
         self.changes = comparison.by_key() if comparison else {}
         self.notes: list[str] = []
         self.npz: dict[str, bytes] = {}
-        self.recomputer = Recomputer()
         self.specs = self._specs()
+        self.not_run, self.not_run_of = self._not_run()
         taken: set[str] = set()
-        self.ids = {k: slot_id(k, taken) for k in sorted(self.slots, key=str)}
+        ids = {k: slot_id(k, taken) for k in sorted(self.slots, key=str)}
+        # where a slot links to: its own section, or for a slot that did not run the row of its reason
+        self.anchor = {k: ids[k] if Verdict(c["verdict"]).ran else self.not_run_of[k] for k, c in self.slots.items()}
 
     # --- specs and links --------------------------------------------------------------------
 
@@ -119,7 +155,7 @@ class _Builder:
             self.spec_dir: Path | None = find_spec_dir()
         except SpecError as e:
             self.spec_dir = None
-            self.notes.append(f"no spec links, .npz files or heatmaps: {e}")
+            self.notes.append(f"no spec links: {e}")
             return {}
         specs = {}
         for component in sorted({k.component for k in self.slots}):
@@ -145,27 +181,42 @@ class _Builder:
         anchor = github_anchor(f"{number} {spec.sections[number]}")
         return {"text": f"{text} {spec.sections[number]}", "href": f"{base}/{component}.md#{anchor}"}
 
+    def spec_outputs(self, component: str) -> list[dict[str, Any]]:
+        """Each output of a component's spec with the sections that define it, once per component
+        (under its matrix) rather than in every slot's section."""
+        spec = self.specs.get(component)
+        if spec is None:
+            return []
+        return [{"name": name, "sections": [self.section_link(component, s) for s in out.sections]}
+                for name, out in spec.outputs.items()]
+
     # --- the page ---------------------------------------------------------------------------
 
     def page(self, files: list[str], baseline: str | None) -> dict[str, Any]:
-        groups = column_groups(self.slots)
-        components = sorted({k.component for k in self.slots})
-        order = sorted(self.slots, key=lambda k: (k.component, column_order(k, self.slots[k]["framework"])))
-        details = [self._slot(k) for k in order]
-        totals = {v: sum(c["verdict"] == v for c in self.slots.values()) for v in Verdict}
+        order = sorted(self.slots, key=lambda k: slot_order(k, self.slots[k]["framework"]))
+        ran = [k for k in order if Verdict(self.slots[k]["verdict"]).ran]
+        attention_ = []
+        shown: set[Slot] = set()
+        for ident, title, which in ATTENTION_GROUPS:
+            keys = [k for k in ran if which(self.slots[k])]
+            shown.update(keys)
+            if keys:
+                attention_.append({"id": ident, "title": title, "details": [self._slot(k) for k in keys]})
+        matrix = tables(self.slots, self._leaf)
         return {
             "version": __version__,
             "created": self.doc["created"],
             "files": files,
             "baseline": baseline,
-            "totals": totals,
+            "totals": {v: sum(c["verdict"] == v for c in self.slots.values()) for v in Verdict},
+            "near_count": sum(near(c) for c in self.slots.values()),
             "cell_count": len(self.doc["cells"]),
-            "groups": groups,
-            "all_groups": [g for top in groups for g in walk(top)],
-            "header_rows": header_rows(groups),
-            "rows": [matrix_row(c, groups, self.slots, self._leaf) for c in components],
-            "details": details,
-            "failing": [d for d in details if Verdict(d["verdict"]).failed],
+            "attention": attention_,
+            "tables": matrix,
+            "spec_outputs": {t.component: self.spec_outputs(t.component) for t in matrix},
+            "all_groups": [g for t in matrix for top in t.groups for g in walk(top)],
+            "details": [self._slot(k) for k in ran if k not in shown],
+            "not_run": self.not_run,
             "environments": self._environments(),
             "comparison": self._comparison(),
             "notes": self.notes,
@@ -177,99 +228,102 @@ class _Builder:
         if cell is None:
             return None
         v = cell["verdict"]
-        text = cell_text(cell)
         change = self.changes.get(key)
         title = f"{key.label}: {v}" + (f": {cell['reason']}" if cell["reason"] else "")
         if change is not None:
             title += f"\n{change.kind}: {change.what}"
-        near = v == Verdict.CONFORMANT and (cell["max_ratio"] or 0) > 0.5
-        return {"id": self.ids[key], "verdict": v, "text": text, "title": title, "near": near,
+        return {"id": self.anchor[key], "verdict": v, "text": cell_text(cell), "title": title, "near": near(cell),
                 "change": change.kind if change else None}
+
+    # --- slots that did not run --------------------------------------------------------------
+
+    def _not_run(self) -> tuple[list[dict[str, Any]], dict[Slot, str]]:
+        """The slots that did not run counted by verdict and reason, a row each with the axes' values they
+        span; and the id of each slot's row."""
+        found: dict[tuple[str, str], list[Slot]] = defaultdict(list)
+        for key, cell in self.slots.items():
+            if not Verdict(cell["verdict"]).ran:
+                found[(cell["verdict"], cell["reason"] or "no reason given")].append(key)
+        order = [Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE]
+        rows, row_of = [], {}
+        for n, ((verdict, reason), keys) in enumerate(sorted(
+                found.items(), key=lambda item: (order.index(item[0][0]), -len(item[1]), item[0][1]))):
+            ident = f"not-run-{n + 1}"
+            row_of.update(dict.fromkeys(keys, ident))
+            rows.append({"id": ident, "verdict": verdict, "reason": reason, "count": len(keys),
+                         "where": self._span(keys)})
+        return rows, row_of
+
+    def _span(self, keys: list[Slot]) -> list[tuple[str, str]]:
+        """(axis, its values among `keys`) for each axis; "all" where they are all the report has."""
+        def impl(k: Slot) -> tuple:
+            return impl_order((k.implementation, k.backend, self.slots[k]["framework"]))
+
+        axes = [("components", lambda k: k.component, lambda k: k.component), ("implementations", lambda k: k.impl, impl),
+                ("devices", lambda k: k.device, lambda k: axis_order(DEVICES)(k.device)),
+                ("modes", lambda k: k.mode, lambda k: axis_order(MODES)(k.mode)),
+                ("dtypes", lambda k: k.dtype, lambda k: axis_order(DTYPES)(k.dtype))]
+        out = []
+        for name, of, order in axes:
+            every = {of(k) for k in self.slots}
+            values = list(dict.fromkeys(of(k) for k in sorted(keys, key=order)))
+            if len(values) == len(every) > 1:
+                out.append((name, "all"))
+            else:
+                more = f" and {len(values) - SPAN_NAMES} more" if len(values) > SPAN_NAMES else ""
+                out.append((name, ", ".join(values[:SPAN_NAMES]) + more))
+        return out
 
     # --- one slot ---------------------------------------------------------------------------
 
     def _slot(self, key: Slot) -> dict[str, Any]:
         cell = self.slots[key]
-        spec = self.specs.get(key.component)
         sections = []
         for s in cell["sections"]:
             m = re.fullmatch(r"(\S+) \u00a7(\S+)", s)
             sections.append(self.section_link(m[1], m[2]) if m else {"text": s, "href": None})
-        outputs = []
-        for name in dict.fromkeys([*cell["max_error"], *cell["budget"]]):
-            err, budget = cell["max_error"].get(name), cell["budget"].get(name)
-            out_spec = spec.outputs.get(name) if spec else None
-            outputs.append({
-                "name": name, "max": err, "p99": cell["p99_error"].get(name), "budget": budget,
-                "ratio": cell["output_ratio"].get(name),
-                "sections": [self.section_link(key.component, s) for s in (out_spec.sections if out_spec else ())],
-            })
+        outputs = [{"name": name, "max": cell["max_error"].get(name), "p99": cell["p99_error"].get(name),
+                    "budget": cell["budget"].get(name), "ratio": cell["output_ratio"].get(name)}
+                   for name in dict.fromkeys([*cell["max_error"], *cell["budget"]])]
         example, which = _example(cell)
         repro = cell["repro"]
         if repro is None and example is not None:
             repro = repro_command(key.component, key.implementation, key.dtype, key.device, example, key.mode)
-        ident = self.ids[key]
+        ident = self.anchor[key]
         others = [{"env": c["env"], "verdict": c["verdict"], "ratio": c["max_ratio"], "reason": c["reason"]}
                   for c in self.groups_of[key] if c is not cell]
+        reason = (cell["reason"] or "").strip().splitlines()
+        short = reason[0] if reason else ""
         return {
             "id": ident, "label": key.label, "key": key, "cell": cell, "verdict": cell["verdict"],
+            "short": short if len(short) <= SUMMARY_REASON else short[:SUMMARY_REASON - 1] + "\u2026",
             "sections": sections, "outputs": outputs, "others": others,
-            "scatter": scatter_panels(cell["samples"], cell["worst"], cell["max_ratio"]),
+            "scatter": scatter_plot(cell["samples"], cell["worst"], cell["max_ratio"]),
             "samples_shown": len(cell["samples"]["rows"]), "samples_total": cell["samples"]["total"],
             "example": example, "which": which, "repro": repro,
-            "npz": self._npz(ident, spec, cell, example, which),
-            "attention": self._attention(spec, key, cell, example),
+            **self._arrays(key, cell, example, which),
             "change": self.changes.get(key),
         }
 
-    def _npz(self, ident: str, spec: Spec | None, cell: dict[str, Any], example: dict | None,
-             which: str) -> str | None:
-        if spec is None or example is None:
-            return None
+    def _arrays(self, key: Slot, cell: dict[str, Any], example: dict | None, which: str) -> dict[str, Any]:
+        """The slot's .npz and attention heatmaps from its evidence, or one line on why there are none."""
+        none = {"npz": None, "attention": None, "arrays_note": None, "arrays_of": which}
+        evidence = cell.get("evidence")
+        if evidence is None:
+            if cell["verdict"] in (Verdict.NON_CONFORMANT, Verdict.KNOWN_DEVIATION):
+                return {**none, "arrays_note": "The results keep no arrays of this example (written before "
+                                               "conformance-results/4); the command above recreates them."}
+            return none
+        if not cell["counterexample"]:  # the arrays are those of the worked example that failed
+            example, which = None, "worked example that failed"
         try:
-            self.npz[f"{ident}.npz"] = npz_bytes(spec, cell, example, which)
-        except Exception as e:  # an example from another version of the spec, say
-            self.notes.append(f"no .npz for {ident}: cannot regenerate its arrays: {type(e).__name__}: {e}")
-            return None
-        return f"npz/{ident}.npz"
-
-    def _attention(self, spec: Spec | None, key: Slot, cell: dict[str, Any],
-                   example: dict | None) -> dict[str, Any] | None:
-        """The attention weights on the slot's example: the reference and each implementation side by side."""
-        if spec is None or example is None or ATTENTION not in spec.outputs:
-            return None
-        dtype = key.dtype
-        try:
-            ref = reference(spec, example, dtype)[ATTENTION]
-        except Exception as e:
-            return {"maps": [], "missing": [], "where": "", "error": f"{type(e).__name__}: {e}"}
-        impls = sorted({(k.implementation, k.backend, c["framework"]) for k, c in self.slots.items() if k.component == key.component},
-                       key=lambda i: (i[:2] != key[1:3], impl_order(i)))
-        got, missing = [], []
-        for label, backend, _ in impls:
-            name = impl_label(label, backend)
-            value = self.recomputer.attention(spec, label, backend, dtype, example)
-            if isinstance(value, str):
-                missing.append({"name": name, "why": value})
-            elif value.shape != ref.shape:
-                missing.append({"name": name, "why": f"shape {value.shape}, the reference's is {ref.shape}"})
-            else:
-                got.append((name, value))
-        own = dict(got).get(key.impl)
-        lead = leading_index(np.abs((own if own is not None else ref) - ref))
-        maps = [heatmap(ref[lead], "reference (NumPy, float64)")]
-        for name, value in got:
-            diff = np.abs(value[lead] - ref[lead])
-            finite = diff[~np.isnan(diff)]
-            notes = [f"max |difference| {float(finite.max()) if finite.size else 0.0:.3g}"] if finite.size or \
-                not diff.size else []
-            if finite.size < diff.size:  # e.g. the NaN rows of a known deviation
-                notes.append(f"NaN in {diff.size - finite.size} of {diff.size} entries")
-            maps.append(heatmap(value[lead], f"{name}, {dtype}", "; ".join(notes)))
-        where = describe_index(lead, ("batch", "head") if ref.ndim == 4 else ("batch",))
-        if own is not None and where:
-            where += ", where this implementation differs most from the reference"
-        return {"maps": maps, "missing": missing, "where": where, "error": None}
+            unpacked = unpack(evidence)
+        except EvidenceError as e:
+            return {**none, "arrays_note": f"The arrays kept in the results cannot be shown: {e}."}
+        name = f"{self.anchor[key]}.npz"
+        self.npz[name] = npz_bytes(cell, unpacked, which, example)
+        heat = attention(unpacked, f"{key.impl}, {key.dtype}", evidence.get("absent") or {})
+        return {**none, "npz": f"npz/{name}", "attention": heat, "arrays_of": which}
 
     # --- environments and the comparison -----------------------------------------------------
 
@@ -278,10 +332,9 @@ class _Builder:
         for i, env in enumerate(self.doc["environments"]):
             reported: dict[str, dict[str, Any]] = {}
             for c in self.doc["cells"]:
-                if c["env"] == i and c["environment"]:
-                    name = impl_label(c["implementation"], c["backend"])
-                    extra = {k: v for k, v in c["environment"].items() if env.get(k) != v}
-                    reported.setdefault(name, {}).update(extra)
+                extra = {k: v for k, v in c["environment"].items() if env.get(k) != v} if c["env"] == i else {}
+                if extra:
+                    reported.setdefault(impl_label(c["implementation"], c["backend"]), {}).update(extra)
             fields = {k: v for k, v in env.items() if k != "packages"}
             envs.append({"index": i, "fields": fields, "packages": env.get("packages", {}),
                          "reported": reported, "cells": sum(c["env"] == i for c in self.doc["cells"])})
@@ -293,7 +346,7 @@ class _Builder:
             return None
 
         def row(c: Change) -> dict[str, Any]:
-            return {"label": c.key.label, "what": c.what, "id": self.ids.get(c.key)}
+            return {"label": c.key.label, "what": c.what, "id": self.anchor.get(c.key)}
 
         return {"compared": cmp.compared, "factor": cmp.factor, "floor": cmp.floor,
                 "regressions": [row(c) for c in cmp.of_kind("regression")],
@@ -304,12 +357,15 @@ class _Builder:
 
 
 def _example(cell: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The example a slot's section shows: the minimal counterexample, else the worst one.
+    """The example a slot's section shows: the minimal counterexample (for a known deviation, the first
+    example that deviated), else the worst one.
 
     When the worst was a worked example of the spec (recorded as None), it is
     the worst of the sampled drawn examples instead.
     """
     if cell["counterexample"]:
+        if cell["verdict"] == Verdict.KNOWN_DEVIATION:
+            return cell["counterexample"], "first example that deviated"
         return cell["counterexample"], "minimal counterexample"
     if cell["worst"]:
         return cell["worst"], "worst example"
@@ -319,4 +375,3 @@ def _example(cell: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     top = max(rows, key=lambda r: r[-1])
     return dict(zip(columns[:-1], top[:-1])), "worst drawn example (a worked example of the spec did worse)"
-

@@ -1,131 +1,147 @@
-"""Arrays the report makes again from an example: the .npz downloads and the attention heatmaps.
+"""What the report makes of a cell's evidence (conformance/evidence.py): its .npz download and its attention heatmaps.
 
-An example (spec parameters, `seed`, `scale_exp`) determines its weights and
-inputs (conformance/generate.py), so the report regenerates them instead of
-the results file carrying them. For the heatmaps the report also runs
-implementations on the example, in this process, on the CPU, eagerly: only
-registered ones (built-in or installed under the entry-point group), never a
-plug-in named by a path in a results file, which the report would otherwise
-execute; each that cannot run here is named with the reason.
+The report runs nothing: the arrays are those the engine kept in the results
+when the cell failed (or first deviated), the candidate's outputs beside the
+float64 reference's. A cell without evidence (a conformant one, or one from a
+file older than conformance-results/4) has neither.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from conformance import generate
-from conformance.engine import reference_forward
-from conformance.spec import Spec
-from conformance.vocabulary import UsageError
-from conformance.registry import builtin, keras_backend, Registered, registry
-from impls import OUR_FRAMEWORKS
+from conformance.evidence import GROUPS, Kept, arrays, difference
+from conformance.report_figures import Heatmap, heatmap
 
 #: The output the heatmaps show, in the components that have one.
 ATTENTION = "attention_weights"
+#: Prefix of each group's arrays in the .npz.
+PREFIX = {"inputs": "input", "outputs": "output", "reference": "reference", "weights": "weight"}
+#: A heatmap shows at most this many rows and columns, around where the candidate differs most.
+HEATMAP_SIDE = 32
 
 
-def example_arrays(spec: Spec, example: Mapping[str, Any], dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Weights and inputs as the implementation under test received them: made from the seed, rounded to dtype."""
-    weights, inputs = generate.make_arrays(spec, example)
-    return generate.cast(weights, dtype), generate.cast(inputs, dtype)
+def npz_bytes(cell: Mapping[str, Any], unpacked: Mapping[str, Mapping[str, Kept] | None], which: str,
+              example: Mapping[str, Any] | None) -> bytes:
+    """The kept arrays as a compressed .npz: `input.<name>`, `weight.<name>`, `output.<name>` (the
+    implementation's), `reference.<output>`, and `meta`.
 
-
-def reference(spec: Spec, example: Mapping[str, Any], dtype: str) -> dict[str, np.ndarray]:
-    """The float64 NumPy reference on the rounded arrays, as the engine computes it."""
-    weights, inputs = example_arrays(spec, example, dtype)
-    return reference_forward(spec.component)(example, generate.cast(weights, "float64"),
-                                             generate.cast(inputs, "float64"))
-
-
-def npz_bytes(spec: Spec, cell: Mapping[str, Any], example: Mapping[str, Any], which: str) -> bytes:
-    """One example as a compressed .npz: `weight.<name>`, `input.<name>`, `reference.<output>`, and `meta`.
-
-    Weights and inputs hold the values the implementation received, rounded to
-    the cell's dtype and stored as float64 (which holds every one exactly, and
-    which NumPy loads without ml_dtypes); masks stay bool and tokens int64. An
-    input that was None (no mask) is left out and listed in `meta`.
+    Floating-point arrays are stored as float64 (which holds every value of a
+    narrower float exactly, and which NumPy loads without ml_dtypes); masks stay
+    bool and tokens integers. An array kept only in part is its block, `meta`'s
+    `windows` giving where it starts and the whole shape; one not kept is listed
+    in `omitted` with the reason.
     """
-    weights, inputs = example_arrays(spec, example, cell["dtype"])
-    expected = reference(spec, example, cell["dtype"])
-    arrays: dict[str, np.ndarray] = {}
-    for prefix, group in (("weight", weights), ("input", inputs), ("reference", expected)):
-        for name, value in group.items():
-            if value is not None:
-                arrays[f"{prefix}.{name}"] = np.asarray(generate.cast({name: value}, "float64")[name])
+    out: dict[str, np.ndarray] = {}
+    windows: dict[str, Any] = {}
+    omitted: dict[str, str] = {}
+    for group, name, kept in arrays(unpacked):
+        key = f"{PREFIX[group]}.{name}"
+        if kept.values is None:
+            omitted[key] = kept.omitted or "not kept"
+            continue
+        values = kept.values
+        out[key] = values.astype(values.dtype.newbyteorder("=") if values.dtype.kind in "biu" else np.float64)
+        if kept.start is not None:
+            windows[key] = {"start": list(kept.start), "shape": list(kept.shape)}
     meta = {
         "what": f"the {which} of this cell",
         "cell": {k: cell[k] for k in ("component", "implementation", "backend", "device", "mode", "dtype")},
-        "example": dict(example),
-        "inputs_absent": sorted(k for k, v in inputs.items() if v is None),
-        "note": (f"weight.* and input.* are the arrays the implementation received, rounded to {cell['dtype']} "
-                 "and stored as float64; reference.* are the float64 NumPy reference's outputs on them"),
+        "example": None if example is None else dict(example),
+        "windows": windows,
+        "omitted": omitted,
+        "absent": {g: why for g, why in ((cell["evidence"] or {}).get("absent") or {}).items() if g in GROUPS},
+        "note": (f"input.* and weight.* are the arrays the implementation received, in {cell['dtype']}, and "
+                 "output.* what it returned; reference.* are the float64 NumPy reference's outputs on the same "
+                 "inputs. Floating-point values are stored as float64, exactly."),
     }
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **out)
     return buffer.getvalue()
 
 
-class Recomputer:
-    """Runs implementations of a component on one example for the attention heatmaps, with a cache."""
+@dataclass
+class Attention:
+    """The attention heatmaps of one cell: reference, candidate and their difference, on one 2-D block."""
 
-    def __init__(self) -> None:
-        self._found: dict[tuple[str, str, str | None], Registered | str] = {}
-        self._runs: dict[str, np.ndarray | str] = {}
+    maps: list[Heatmap]
+    where: str  # which (batch, head) and which rows and columns are shown
+    note: str = ""  # why a map is missing
 
-    def find(self, component: str, implementation: str, backend: str | None) -> Registered | str:
-        """The registered implementation, or why it cannot run in this process."""
-        key = (component, implementation, backend)
-        if key not in self._found:
-            self._found[key] = self._find(*key)
-        return self._found[key]
 
-    def _find(self, component: str, implementation: str, backend: str | None) -> Registered | str:
-        if ":" in implementation:
-            return "a plug-in named by its file or module; the report runs registered implementations only"
-        try:
-            found = builtin(component, implementation) if implementation in OUR_FRAMEWORKS else next(
-                r for r in registry() if r.component == component and r.name == implementation)
-        except (UsageError, StopIteration):
-            return "not registered in this installation"
-        missing = found.unavailable_reason()
-        if missing is not None:
-            return missing
-        if found.framework == "keras" and keras_backend() != backend:  # known before importing Keras
-            return f"this process runs Keras on {keras_backend()}, the cell ran on {backend} (set KERAS_BACKEND)"
-        try:
-            here = found.backend()
-        except Exception as e:
-            return f"failed to load: {type(e).__name__}: {e}"
-        if here != backend:
-            return f"this process runs on backend {here}, the cell ran on {backend}"
-        return found
+def attention(unpacked: Mapping[str, Mapping[str, Kept] | None], candidate: str,
+              absent: Mapping[str, str]) -> Attention | None:
+    """Heatmaps of the kept attention weights, or None when the evidence has none."""
+    def drawable(group: str) -> Kept | None:
+        kept = (unpacked.get(group) or {}).get(ATTENTION)
+        return kept if kept is not None and kept.values is not None and kept.values.ndim >= 2 else None
 
-    def attention(self, spec: Spec, implementation: str, backend: str | None, dtype: str,
-                  example: Mapping[str, Any]) -> np.ndarray | str:
-        """The implementation's attention weights (float64) on the example, or why there are none."""
-        key = json.dumps([spec.component, implementation, backend, dtype, example], sort_keys=True, default=str)
-        if key not in self._runs:
-            self._runs[key] = self._attention(spec, implementation, backend, dtype, example)
-        return self._runs[key]
+    ref, got = drawable("reference"), drawable("outputs")
+    first = ref or got
+    if first is None:
+        return None
+    same = ref is not None and got is not None and ref.values.shape == got.values.shape and ref.start == got.start
+    diff = difference(got.values, ref.values) if same else None
+    index = _worst(diff if diff is not None else np.zeros(first.values.shape))
+    rows, cols = _around(index[-2:], first.values.shape[-2:])
+    plane = index[:-2] + (rows, cols)
+    maps = []
+    if ref is not None:
+        maps.append(heatmap(ref.values[plane], "reference (NumPy, float64)"))
+    if got is not None:
+        maps.append(heatmap(got.values[plane], candidate, _note(diff[plane]) if diff is not None else ""))
+    if diff is not None:
+        part = diff[plane]
+        top = float(np.max(part[np.isfinite(part)], initial=0.0))
+        scale = (f"white 0, darkest {top:.3g}" if top > 0 else
+                 "none but where one is NaN or infinite" if not np.isfinite(part).all() else "no difference")
+        maps.append(heatmap(part / top if top > 0 else part, "|difference|", scale))
+    note = ""
+    if got is None:
+        kept = (unpacked.get("outputs") or {}).get(ATTENTION)
+        why = absent.get("outputs") or (f"no {ATTENTION!r} among its outputs" if kept is None
+                                         else kept.omitted or f"its shape is {list(kept.shape)}")
+        note = f"No map of the implementation's: {why}."
+    return Attention(maps, _where(first, index[:-2], rows, cols), note)
 
-    def _attention(self, spec: Spec, implementation: str, backend: str | None, dtype: str,
-                   example: Mapping[str, Any]) -> np.ndarray | str:
-        found = self.find(spec.component, implementation, backend)
-        if isinstance(found, str):
-            return found
-        try:
-            if dtype not in found.dtypes:
-                return f"does not support {dtype}"
-            weights, inputs = example_arrays(spec, example, dtype)
-            built = found.load().build(generate.layer_config(spec, example), dtype=dtype, device="cpu")
-            built.load({k: v.copy() for k, v in weights.items()})
-            outputs = built({k: None if v is None else v.copy() for k, v in inputs.items()})
-            if ATTENTION not in outputs:
-                return f"returned no {ATTENTION!r}"
-            return np.asarray(outputs[ATTENTION]).astype(np.float64)
-        except Exception as e:  # whatever the implementation does, the report goes on
-            return f"raised {type(e).__name__}: {e}"
+
+def _worst(diff: np.ndarray) -> tuple[int, ...]:
+    if diff.size == 0:
+        return (0,) * diff.ndim
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+
+
+def _around(centre: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """At most HEATMAP_SIDE rows and columns around `centre`."""
+    out = []
+    for c, n in zip(centre, shape):
+        size = min(n, HEATMAP_SIDE)
+        start = min(max(c - size // 2, 0), n - size)
+        out.append(slice(start, start + size))
+    return out[0], out[1]
+
+
+def _note(diff: np.ndarray) -> str:
+    finite = diff[np.isfinite(diff)]
+    notes = [f"max |difference| {float(finite.max()):.3g}"] if finite.size else []
+    if finite.size < diff.size:  # e.g. the NaN rows of a known deviation
+        notes.append(f"{diff.size - finite.size} of {diff.size} entries NaN or infinite in only one of the two")
+    return "; ".join(notes)
+
+
+def _where(kept: Kept, lead: tuple[int, ...], rows: slice, cols: slice) -> str:
+    """E.g. `batch 1, head 0; rows 687-718 of 1200, columns 0-31 of 1200` (rows are queries or decoder steps)."""
+    start = kept.start or (0,) * len(kept.shape)
+    names = ("batch", "head") if len(kept.shape) == 4 else ("batch",)
+    parts = [", ".join(f"{n} {s + i}" for n, s, i in zip(names, start, lead))]
+    r0, c0 = start[-2] + rows.start, start[-1] + cols.start
+    n_rows, n_cols = kept.shape[-2:]
+    if (rows.stop - rows.start, cols.stop - cols.start) != (n_rows, n_cols):
+        parts.append(f"rows {r0}-{r0 + rows.stop - rows.start - 1} of {n_rows}, "
+                     f"columns {c0}-{c0 + cols.stop - cols.start - 1} of {n_cols}")
+    return "; ".join(p for p in parts if p)

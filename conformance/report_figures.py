@@ -3,20 +3,23 @@
 Only numbers and colours are computed here; the template turns them into
 inline SVG, so every label (which may come from a results file) passes through
 the template's escaping. Points are drawn as zero-length path segments with
-round caps, a few bytes each, which keeps a report of a few hundred cells small.
+round caps and a heatmap's entries as runs of one shade, a few bytes each,
+which keeps a report of thousands of cells small.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 #: Scatter panel size and margins, in pixels.
 WIDTH, HEIGHT = 170, 110
 LEFT, RIGHT, TOP, BOTTOM = 34, 6, 8, 22
+#: A cell's panels share one SVG, at most this many in a row, this far apart; only the first of a row has y labels.
+PER_ROW, STEP = 8, WIDTH - LEFT + 8
 #: Heatmaps are drawn at most this many pixels across.
 HEATMAP_PIXELS = 144
 
@@ -39,6 +42,30 @@ class Scatter:
     top: int = TOP
 
 
+@dataclass
+class ScatterPlot:
+    """A cell's panels placed in rows on one y scale: (x, y) offsets of each panel, and the SVG's size."""
+
+    panels: list[tuple[int, int, Scatter]]
+    width: int
+    height: int
+
+    @property
+    def label(self) -> str:
+        return "error/budget against " + ", ".join(p.name for _, _, p in self.panels)
+
+
+def scatter_plot(samples: Mapping[str, Any], worst: Mapping[str, Any] | None,
+                 worst_ratio: float | None) -> ScatterPlot | None:
+    """`scatter_panels` laid out in one SVG, PER_ROW to a row; None when there is nothing to plot."""
+    panels = scatter_panels(samples, worst, worst_ratio)
+    if not panels:
+        return None
+    placed = [(i % PER_ROW * STEP, i // PER_ROW * HEIGHT, p) for i, p in enumerate(panels)]
+    columns = min(len(panels), PER_ROW)
+    return ScatterPlot(placed, (columns - 1) * STEP + WIDTH, HEIGHT * math.ceil(len(panels) / PER_ROW))
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -58,7 +85,7 @@ def plotted_columns(samples: Mapping[str, Any]) -> list[int]:
 
 
 def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    if hi - lo + 1 <= 8:
+    if hi - lo + 1 <= count:
         return [float(v) for v in range(int(lo), int(hi) + 1)]
     step = max(1, math.ceil((hi - lo) / (count - 1)))
     return [float(v) for v in range(int(lo), int(hi) + 1, step)]
@@ -142,25 +169,19 @@ def colour(value: float) -> str:
 
 
 def heatmap(matrix: np.ndarray, title: str, note: str = "") -> Heatmap:
-    """A 2-D array of attention weights as coloured unit squares, one path per shade."""
+    """A 2-D array of attention weights as coloured rectangles, one per run of a shade along a row,
+    one path per shade."""
     matrix = np.asarray(matrix, dtype=np.float64)
     rows, cols = matrix.shape
     pixel = max(4, min(18, HEATMAP_PIXELS // max(rows, cols, 1)))
-    squares: dict[str, list[str]] = {}
+    runs: dict[str, list[str]] = {}
     for i in range(rows):
-        for j in range(cols):
-            squares.setdefault(colour(float(matrix[i, j])), []).append(f"M{j} {i}h1v1h-1z")
-    return Heatmap(title, rows, cols, pixel, [(fill, "".join(d)) for fill, d in squares.items()], note)
-
-
-def leading_index(diff: np.ndarray) -> tuple[int, ...]:
-    """The index over all but the last two axes (batch, head) where `diff` is largest."""
-    lead = diff.reshape(diff.shape[:-2] + (-1,))
-    if lead.size == 0:
-        return (0,) * (diff.ndim - 2)
-    worst = np.nan_to_num(lead, nan=np.inf).max(axis=-1)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(worst)), worst.shape))
-
-
-def describe_index(index: Sequence[int], names: Sequence[str] = ("batch", "head")) -> str:
-    return ", ".join(f"{n} {i}" for n, i in zip(names, index))
+        shades = [colour(float(v)) for v in matrix[i]]
+        j = 0
+        while j < cols:
+            n = 1
+            while j + n < cols and shades[j + n] == shades[j]:
+                n += 1
+            runs.setdefault(shades[j], []).append(f"M{j} {i}h{n}v1h-{n}z")
+            j += n
+    return Heatmap(title, rows, cols, pixel, [(fill, "".join(d)) for fill, d in runs.items()], note)

@@ -18,8 +18,11 @@ from conformance.vocabulary import impl_label, Verdict
 
 #: The format of results files: conformance/results.schema.json describes it,
 #: reports/README.md in prose. /3 added the list of environments (one per run a
-#: file's cells come from) and each cell's `env`, `samples` and `output_ratio`.
-SCHEMA = "conformance-results/3"
+#: file's cells come from) and each cell's `env`, `samples` and `output_ratio`;
+#: /4 each cell's `evidence`: the arrays of the example a non-conformant cell
+#: failed on (or a known deviation first deviated on), at most 4096 elements,
+#: from which the report draws and writes its .npz files (conformance/evidence.py).
+SCHEMA = "conformance-results/4"
 _PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 

@@ -18,8 +18,8 @@ from conformance.results import SCHEMA
 from conformance.vocabulary import UsageError
 
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
-#: Versions this code reads; older ones are upgraded in memory to SCHEMA.
-READABLE = ("conformance-results/2", SCHEMA)
+#: Versions this code reads; older ones are upgraded in memory to SCHEMA, one version at a time.
+READABLE = ("conformance-results/2", "conformance-results/3", SCHEMA)
 #: Cell fields that hold a number, or "inf"/"-inf"/"nan" for a non-finite one.
 _REAL_FIELDS = ("max_ratio", "p99_ratio")
 _PER_OUTPUT_FIELDS = ("max_error", "p99_error", "budget", "output_ratio")
@@ -55,7 +55,10 @@ def problems(data: Any) -> list[str]:
 
 def _describe(error: jsonschema.exceptions.ValidationError) -> str:
     where = "/".join(str(p) for p in error.absolute_path) or "the top level"
-    message = error.message if len(error.message) <= 200 else error.message[:200] + "..."
+    message = error.message
+    if len(message) > 200:  # a long value quoted: cut it, and say which rule it breaks where that is short
+        rule = error.validator_value
+        message = message[:100] + "..." + (f" (fails {error.validator} {rule})" if isinstance(rule, (int, str)) else "")
     return f"at {where}: {message}"
 
 
@@ -77,8 +80,10 @@ def load_results(path: Path | str) -> dict[str, Any]:
     if version not in READABLE:
         raise ResultsFileError(path, f"schema {version!r} is not one this version reads; "
                                      f"readable: {', '.join(READABLE)}")
-    if version != SCHEMA:
+    if version == "conformance-results/2":
         data = _upgrade_2(path, data)
+    if data["schema"] == "conformance-results/3":
+        data = _upgrade_3(data)
     found = problems(data)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -87,7 +92,7 @@ def load_results(path: Path | str) -> dict[str, Any]:
 
 
 def _upgrade_2(path: Path | str, data: dict[str, Any]) -> dict[str, Any]:
-    """A conformance-results/2 file (one run, one top-level environment) in the shape of SCHEMA."""
+    """A conformance-results/2 file (one run, one top-level environment) in the shape of /3."""
     if not isinstance(data.get("environment"), dict) or not isinstance(data.get("cells"), list):
         raise ResultsFileError(path, "does not follow conformance-results/2: it needs an 'environment' "
                                      "object and a 'cells' list")
@@ -96,7 +101,16 @@ def _upgrade_2(path: Path | str, data: dict[str, Any]) -> dict[str, Any]:
     cells = [{"samples": empty, "output_ratio": {}, **c, "env": 0} if isinstance(c, dict) else c
              for c in data["cells"]]
     rest = {k: v for k, v in data.items() if k not in ("environment", "cells", "schema")}
-    return {**rest, "schema": SCHEMA, "environments": [env], "cells": cells}
+    return {**rest, "schema": "conformance-results/3", "environments": [env], "cells": cells}
+
+
+def _upgrade_3(data: dict[str, Any]) -> dict[str, Any]:
+    """A conformance-results/3 file in the shape of SCHEMA: its cells kept no arrays (`evidence` null; one
+    that a development version wrote under /3 has another format, and is dropped)."""
+    cells = data.get("cells")
+    if isinstance(cells, list):
+        cells = [{**c, "evidence": None} if isinstance(c, dict) else c for c in cells]
+    return {**data, "schema": SCHEMA, "cells": cells}
 
 
 def _decode_reals(data: dict[str, Any]) -> dict[str, Any]:

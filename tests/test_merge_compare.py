@@ -163,7 +163,7 @@ def _corrupt(tmp_path):
         "wrong schema": (save(tmp_path / "y.json", {**read(good), "schema": "other-format/1"}),
                          "schema 'other-format/1' is not one this version reads"),
         "schema mismatch": (save(tmp_path / "z.json", {**read(good), "cells": [{"component": "mha"}]}),
-                            "does not follow conformance-results/3: at cells/0:"),
+                            f"does not follow {results.SCHEMA}: at cells/0:"),
         "missing": (tmp_path / "nowhere.json", "cannot read"),
     }
 

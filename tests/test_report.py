@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,13 +14,15 @@ import pytest
 
 from conformance import generate
 from conformance.cli import main
+from conformance.evidence import MAX_ELEMENTS
 from conformance.report import github_anchor
 from conformance.report_matrix import format_ratio
 from conformance.spec import load_spec
 
-from results_sample import find, read, save, write
+from results_sample import WRONG, find, read, save, write
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+WRONG_NAME = WRONG
 
 
 class Page(HTMLParser):
@@ -77,6 +80,7 @@ def test_text_from_results_files_is_escaped(report):
         cell["counterexample"]["mask"] = HOSTILE
         cell["environment"]["torch"] = HOSTILE
         cell["samples"]["columns"][0] = HOSTILE
+        cell["evidence"].update(outputs=None, absent={"outputs": HOSTILE})  # shown beside the heatmaps
         data["environments"][0]["cpu"] = HOSTILE
         data["environments"][0]["packages"][HOSTILE] = "1.0"
         data["command"] = [HOSTILE]
@@ -112,9 +116,14 @@ def test_totals_matrix_and_drill_down(report):
     totals = dict(re.findall(r'<div class="total v-([\w-]+)"><b>(\d+)</b>', html))
     assert totals == {"conformant": "3", "non-conformant": "1", "unsupported": "1", "not-available": "1",
                       "known-deviation": "0", "error": "0"}
-    # one column group per implementation, device and mode; folded at first where nothing ran
+    # a table per component, its implementations as rows
+    tables = [a["id"] for t, a in page.tags if t == "table" and "matrix" in a.get("class", "")]
+    assert tables == ["matrix-ffn", "matrix-mha"]
+    rows = re.findall(r"<tr><th>([^<]+)</th>", html[html.index('id="matrix-mha"'):])
+    assert rows[:2] == [WRONG_NAME, "numpy"] or rows[:2] == ["numpy", WRONG_NAME]
+    # a column group per device and per mode in it; folded at first where nothing ran (mha on cuda)
     groups = {a["data-g"]: a for t, a in page.tags if t == "th" and "grp" in a.get("class", "")}
-    assert len(groups) >= 3 + 2 + 2
+    assert len(groups) == (1 + 1) + (2 + 3)
     assert any("data-idle" in a for a in groups.values())
     # each matrix cell links to its slot's section
     links = [a["href"][1:] for t, a in page.tags if t == "a" and a.get("href", "").startswith("#mha")]
@@ -122,7 +131,42 @@ def test_totals_matrix_and_drill_down(report):
     section = _section(html, "mha--numpy--cpu--eager--float32")
     assert 'class="scatter"' in section and "against d_model" in section
     assert "reproduce" in section.lower() and "conformance check mha --impl numpy --dtype float32" in section
-    assert "reference (NumPy, float64)" in section and "numpy, float32" in section  # attention heatmaps
+    # a conformant cell keeps no arrays (the engine keeps a failing example's), so no heatmaps and no .npz:
+    # the report no longer runs implementations to draw them
+    assert "reference (NumPy, float64)" not in section and ".npz" not in section
+
+
+def test_what_needs_attention_leads_and_what_did_not_run_is_counted(report):
+    """Failures first (non-conformant, error, known deviation, over half the budget, in that order), then
+    the matrix; slots that did not run get no section each, only a count per reason."""
+    def mixed(data):
+        error = json.loads(json.dumps(find(data, component="ffn")))
+        error.update(implementation="broken", verdict="error", reason="RuntimeError: out of memory", max_ratio=None)
+        deviating = json.loads(json.dumps(find(data, verdict="non-conformant")))
+        deviating.update(implementation="deviating", verdict="known-deviation", deviation="some-entry")
+        near = find(data, component="mha", dtype="float64")
+        near["max_ratio"] = 0.75
+        more_missing = json.loads(json.dumps(find(data, verdict="not-available")))
+        more_missing["dtype"] = "float64"
+        data["cells"] += [error, deviating, more_missing]
+        return data
+
+    html, page, _ = report(mixed)
+    headings = re.findall(r'<h3 class="group" id="attention-([\w-]+)">[^(]+\((\d+)\)', html)
+    assert headings == [("non-conformant", "1"), ("error", "1"), ("known-deviation", "1"), ("near", "1")]
+    assert html.index('id="attention"') < html.index('id="matrix"') < html.index('id="conformant"')
+    attention = html[html.index('id="attention"'):html.index('id="matrix"')]
+    assert "mha numpy cpu eager float64" in attention  # 0.75 of its budget
+    assert "mha numpy cpu eager float32" not in attention  # 0.0072 of it
+    # no section for a slot that did not run; one row per reason, with how many and where
+    assert not [i for i in page.ids if i.endswith(("--compiled--float32", "--cuda--eager--float32"))]
+    not_run = html[html.index('id="not-run"'):html.index('id="environments"')]
+    assert re.search(r'not-available</span></td><td class="n">2</td><td class="reason">device cuda not available',
+                     not_run)
+    assert "dtypes: all" in not_run and "modes: eager;" in not_run and "implementations: numpy;" in not_run
+    # their matrix cells link to that row
+    cuda = [a["href"] for t, a in page.tags if t == "a" and "cuda" in (a.get("title") or "")]
+    assert cuda and {h[1:] for h in cuda} <= {i for i in page.ids if i.startswith("not-run-")}
 
 
 def _section(html: str, ident: str) -> str:
@@ -137,14 +181,14 @@ def test_a_failing_cell_shows_its_counterexample_sections_and_npz(report, root):
     ident = next(i for i in page.ids if i.endswith("InvertedMask--cpu--eager--float32"))
     section = _section(html, ident)
     assert "minimal counterexample" in section and "example: output" in section
-    assert "mha \u00a77 Masks" in section
+    assert re.search(r'Spec sections of the failure:\s*<a href="[^"]+">mha \u00a77', section)
     # spec links are relative, and lead to the spec file and one of its headings
     hrefs = [h for h in re.findall(r'href="([^"]+)"', section) if ".md#" in h]
     path, anchor = hrefs[0].split("#")
     assert Path(os.path.normpath(site / path)) == root / "spec" / "mha.md"
     headings = re.findall(r"^#{2,3} (.+)$", (root / "spec" / "mha.md").read_text(), re.M)
     assert anchor in {github_anchor(h) for h in headings}
-    # the .npz holds the counterexample's arrays as the implementation received them
+    # the .npz holds the counterexample's arrays as the implementation received them, from the results
     npz = site / f"npz/{ident}.npz"
     assert f'href="npz/{ident}.npz"' in section
     with np.load(npz, allow_pickle=False) as z:
@@ -153,11 +197,47 @@ def test_a_failing_cell_shows_its_counterexample_sections_and_npz(report, root):
         weights, inputs = generate.make_arrays(load_spec(root / "spec" / "mha.md"), cell["counterexample"])
         np.testing.assert_array_equal(z["weight.W_q"], weights["W_q"].astype(np.float32).astype(np.float64))
         np.testing.assert_array_equal(z["input.attention_mask"], inputs["attention_mask"])
-        assert z["reference.output"].shape == z["input.query"].shape
+        assert z["reference.output"].shape == z["input.query"].shape == z["output.output"].shape
+        assert meta["windows"] == {} and meta["omitted"] == {}
+    # the attention weights: the reference's, the implementation's and their difference, side by side
+    assert "reference (NumPy, float64)" in section and f"{WRONG_NAME}, float32" in section
+    assert "|difference|" in section
+
+
+def test_a_cell_without_arrays_says_so_once(report):
+    """A failing cell from a file older than conformance-results/4 has no evidence: one short line, no .npz."""
+    def version_3(data):
+        for c in data["cells"]:
+            del c["evidence"]
+        return {**data, "schema": "conformance-results/3"}
+
+    html, page, site = report(version_3)
+    ident = next(i for i in page.ids if i.endswith("InvertedMask--cpu--eager--float32"))
+    section = _section(html, ident)
+    assert section.count("keep no arrays") == 1 and ".npz" not in section and not (site / "npz").exists()
+    assert html.count("keep no arrays") == 1  # the conformant cells are not expected to have any
+
+
+def test_evidence_past_the_bound_is_refused_in_one_line(report):
+    """A crafted file cannot make a cell add megabytes: evidence over MAX_ELEMENTS is not drawn nor written."""
+    def oversized(data):
+        ev = find(data, verdict="non-conformant")["evidence"]
+        big = np.zeros((64, 64), dtype=np.float64)  # 4096 elements each, over the cell's bound in all
+        for name in ("output", "attention_weights"):
+            ev["reference"][name] = {"shape": [64, 64], "dtype": "float64",
+                                     "data": base64.b64encode(big.tobytes()).decode()}
+        return data
+
+    html, page, site = report(oversized)
+    ident = next(i for i in page.ids if i.endswith("InvertedMask--cpu--eager--float32"))
+    section = _section(html, ident)
+    assert section.count("cannot be shown") == 1 and f"more than the {MAX_ELEMENTS}" in section
+    assert ".npz" not in section and "reference (NumPy, float64)" not in section
 
 
 def test_plugins_named_in_results_are_not_run_by_the_report(report, tmp_path):
-    """A results file could name any file as an implementation; the report does not import it."""
+    """A results file could name any file as an implementation; the report does not import it (it runs
+    nothing: the heatmaps are drawn from the arrays the results kept)."""
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.py"
     evil.write_text(f"open({str(marker)!r}, 'w').close()\n"
@@ -169,7 +249,7 @@ def test_plugins_named_in_results_are_not_run_by_the_report(report, tmp_path):
 
     html, _, _ = report(point_at_evil)
     assert not marker.exists()
-    assert "Not recomputed:" in html and "the report runs registered implementations only" in html
+    assert f"{evil}:Impl, float32" in html  # its attention weights, as the results kept them
 
 
 def test_spec_url_and_baseline(report, tmp_path):
@@ -187,7 +267,7 @@ def test_spec_url_and_baseline(report, tmp_path):
     assert not page.attrs("src")
     cell = next(a for t, a in page.tags if t == "td" and " reg" in a.get("class", ""))
     assert "v-non-conformant" in cell["class"]
-    section = html[html.index('id="comparison"'):html.index('id="slots"')]
+    section = html[html.index('id="comparison"'):html.index('id="conformant"')]  # the slots' sections follow it
     assert "Regressions" in section and "ffn numpy cpu eager float32</a>: was conformant, now non-conformant" in section
 
 
@@ -196,13 +276,13 @@ def test_ratio_format():
         ["-", "0", "0.0072", "0.5", "1.2", "4e-05", "inf"]
 
 
-def test_a_slot_from_several_environments_shows_the_worst_and_lists_the_others(report, tmp_path, monkeypatch):
+def test_a_slot_from_several_environments_shows_the_worst_and_lists_the_others(report, tmp_path):
     def two_machines(data):
         other = json.loads(json.dumps(data))
         other["environments"][0]["cpu"] = "Other CPU 9000"
         failing = find(other, component="ffn")
         failing.update(verdict="error", reason="RuntimeError: out of memory")
-        # and a Keras cell from another backend, whose attention weights this process cannot recompute
+        # and a Keras cell from another backend (the report used to try to rerun it; now it reads it only)
         keras = json.loads(json.dumps(find(other, component="mha", implementation="numpy", dtype="float32",
                                            device="cpu", mode="eager")))
         keras.update(implementation="keras", framework="keras", backend="jax")
@@ -211,12 +291,9 @@ def test_a_slot_from_several_environments_shows_the_worst_and_lists_the_others(r
         return {**data, "environments": data["environments"] + other["environments"],
                 "cells": data["cells"] + other["cells"]}
 
-    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     html, page, _ = report(two_machines)
     assert "Other CPU 9000" in html and "environment 1" in html
     section = _section(html, "ffn--numpy--cpu--eager--float32")
     assert "badge v-error" in section and "RuntimeError: out of memory" in section
     assert "The same slot in other environments" in section and "v-conformant" in section
-    mha = _section(html, "mha--numpy--cpu--eager--float32")
-    assert ("Not recomputed: keras[jax]: this process runs Keras on tensorflow, the cell ran on jax" in mha
-            or "Not recomputed: keras[jax]: not installed" in mha)
+    assert "mha--keras--jax--cpu--eager--float32" in page.ids

@@ -6,12 +6,15 @@ import json
 import threading
 
 import jsonschema
+import numpy as np
 import pytest
 
+from conformance import evidence, generate
 from conformance.cli import main
 from conformance.engine import SAMPLE_CAP, Samples
 from conformance.results import SCHEMA
 from conformance.schema import SCHEMA_FILE, ResultsFileError, load_results
+from conformance.spec import load_spec
 
 from results_sample import cells, find, read, save, write
 
@@ -27,7 +30,7 @@ def validate(path) -> dict:
 
 def test_a_runs_file_follows_the_schema(tmp_path):
     data = validate(write(tmp_path / "r.json"))
-    assert data["schema"] == SCHEMA == "conformance-results/3"
+    assert data["schema"] == SCHEMA == "conformance-results/4"
     assert {c["verdict"] for c in data["cells"]} == {"conformant", "non-conformant", "unsupported", "not-available"}
     assert [c["env"] for c in data["cells"]] == [0] * len(data["cells"])
     env = data["environments"][0]
@@ -109,23 +112,138 @@ def test_two_runs_writing_at_once_leave_a_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left behind
 
 
-def test_version_2_files_are_read_as_version_3(tmp_path):
+def test_version_2_files_are_read_as_the_current_version(tmp_path):
     data = read(write(tmp_path / "r.json"))
     old = {"schema": "conformance-results/2", "created": data["created"], "command": data["command"],
            "environment": {k: v for k, v in data["environments"][0].items() if k not in ("created", "command")},
-           "cells": [{k: v for k, v in c.items() if k not in ("env", "samples", "output_ratio")}
+           "cells": [{k: v for k, v in c.items() if k not in ("env", "samples", "output_ratio", "evidence")}
                      for c in data["cells"]]}
     loaded = load_results(save(tmp_path / "old.json", old))
     assert loaded["schema"] == SCHEMA and loaded["environments"][0]["cpu"] == data["environments"][0]["cpu"]
     assert [c["verdict"] for c in loaded["cells"]] == [c["verdict"] for c in data["cells"]]
+    assert [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
+
+
+def test_version_3_files_are_read_with_no_evidence(tmp_path):
+    data = read(write(tmp_path / "r.json"))
+    old = {**data, "schema": "conformance-results/3",
+           "cells": [{k: v for k, v in c.items() if k != "evidence"} for c in data["cells"]]}
+    loaded = load_results(save(tmp_path / "old.json", old))
+    assert loaded["schema"] == SCHEMA and [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
+    bad = {**old, "cells": [{**old["cells"][0], "verdict": "maybe"}]}
+    with pytest.raises(ResultsFileError, match="does not follow conformance-results/3: at cells/0/verdict"):
+        load_results(save(tmp_path / "bad.json", bad))
+
+
+# --- evidence: the arrays of a failing example --------------------------------------------------
+
+def test_a_failing_cell_keeps_its_counterexamples_arrays_exactly(tmp_path, root):
+    data = validate(write(tmp_path / "r.json"))
+    assert [c["evidence"] is not None for c in data["cells"]] == [c["verdict"] == "non-conformant"
+                                                                  for c in data["cells"]]
+    cell = find(data, verdict="non-conformant")
+    kept = evidence.unpack(cell["evidence"])
+    spec = load_spec(root / "spec" / "mha.md")
+    weights, inputs = generate.make_arrays(spec, cell["counterexample"])
+    assert set(kept["inputs"]) == {k for k, v in inputs.items() if v is not None}
+    assert set(kept["weights"]) == set(weights) and set(kept["outputs"]) == set(kept["reference"]) == set(spec.outputs)
+    for name, value in generate.cast(weights, "float32").items():
+        assert kept["weights"][name].whole and kept["weights"][name].dtype == "float32"
+        np.testing.assert_array_equal(kept["weights"][name].values, value)  # bit for bit
+    assert kept["reference"]["output"].dtype == "float64" and kept["outputs"]["output"].dtype == "float32"
+
+
+def _arrays(outputs, size=40, d=8):
+    """A Runner.last-like dict for mha with Lq = Lk = `size`: float32 inputs, float64 reference."""
+    rng = np.random.default_rng(0)
+    weights = {"W_q": rng.normal(size=(d, d)), "b_q": rng.normal(size=d)}
+    inputs = {"query": rng.normal(size=(2, size, d)).astype(np.float32), "key_padding_mask": None,
+              "attention_mask": rng.random((2, size, size)) < 0.5}
+    reference = {"output": rng.normal(size=(2, size, d)), "attention_weights": rng.random((2, 2, size, size))}
+    return {"weights": weights, "inputs": inputs, "reference": reference, "outputs": outputs(reference)}
+
+
+def test_evidence_is_bounded_and_keeps_a_window_around_the_worst_element(root):
+    spec = load_spec(root / "spec" / "mha.md")
+
+    def nan_at(reference):
+        got = {k: v.astype(np.float32) for k, v in reference.items()}
+        got["attention_weights"][1, 0, 900, 1000] = np.nan  # where it differs most
+        return got
+
+    kept = evidence.keep(_arrays(nan_at, size=1200), spec)
+    assert len(json.dumps(kept)) < 60_000  # the arrays themselves hold 40 MB
+    unpacked = evidence.unpack(kept)
+    stored = [k.values.size for _, _, k in evidence.arrays(unpacked) if k.values is not None]
+    assert sum(stored) <= evidence.MAX_ELEMENTS
+    got, ref = unpacked["outputs"]["attention_weights"], unpacked["reference"]["attention_weights"]
+    assert got.start == ref.start and got.values.shape == ref.values.shape  # the same block of both
+    (b, h, i, j), (_, _, rows, cols) = got.start, got.values.shape
+    assert (b, h) == (1, 0) and i <= 900 < i + rows and j <= 1000 < j + cols
+    assert np.isnan(got.values[0, 0, 900 - i, 1000 - j]) and rows * cols >= 256
+    # the inputs come first: a window of each, and the output that differs less and the weights after them
+    assert all(k.values is not None for k in unpacked["inputs"].values())
+    assert "key_padding_mask" not in unpacked["inputs"]  # None: no such input in this example
+    assert unpacked["weights"]["W_q"].omitted and "higher priority" in unpacked["weights"]["W_q"].omitted
+
+
+def test_small_arrays_are_kept_whole_and_garbage_outputs_are_described(root):
+    spec = load_spec(root / "spec" / "mha.md")
+    whole = evidence.unpack(evidence.keep(_arrays(lambda r: {k: v + 1e-9 for k, v in r.items()}, size=3), spec))
+    assert all(k.whole for _, _, k in evidence.arrays(whole))
+    raised = evidence.keep(_arrays(lambda r: None), spec)
+    assert raised["outputs"] is None and raised["absent"] == {"outputs": "the implementation raised"}
+    garbage = evidence.keep(_arrays(lambda r: "nonsense"), spec)
+    assert garbage["absent"]["outputs"] == ("the implementation returned a str that does not match the "
+                                           "reference's outputs")
+    # outputs returned by position are named as the engine names them, where the shapes say which is which
+    positional = evidence.keep(_arrays(lambda r: (r["output"], r["attention_weights"])), spec)
+    assert list(positional["outputs"]) == ["output", "attention_weights"]
+    one = evidence.keep(_arrays(lambda r: r["output"]), spec)
+    assert list(one["outputs"]) == ["output"]
+    weights_only = evidence.keep(_arrays(lambda r: (r["attention_weights"],)), spec)
+    assert list(weights_only["outputs"]) == ["attention_weights"]
+    unknown = evidence.keep(_arrays(lambda r: (r["output"][0],)), spec)
+    assert unknown["outputs"] is None and "tuple" in unknown["absent"]["outputs"]
+    strings = evidence.keep(_arrays(lambda r: {"output": np.array(["a"]), "attention_weights": object()}), spec)
+    assert strings["outputs"]["output"]["omitted"] == "dtype <U1 is not stored"
+    assert "not stored" in strings["outputs"]["attention_weights"]["omitted"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(data="AAAA" * 20_000), "query/data: 'AAAA.*\\(fails maxLength 43692\\)"),
+    (lambda a: a.update(dtype="complex128"), "is not one of"),
+    (lambda a: a.update(shape=[1] * 9), "is too long"),
+    (lambda a: a.pop("data"), "at cells/5/evidence/inputs/query: {'shape'"),
+])
+def test_evidence_past_the_schemas_bounds_is_refused(tmp_path, change, message):
+    data = read(write(tmp_path / "r.json"))
+    change(find(data, verdict="non-conformant")["evidence"]["inputs"]["query"])
+    with pytest.raises(ResultsFileError, match=message):
+        load_results(save(tmp_path / "bad.json", data))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e: e["inputs"]["query"].update(data="not base64!"), "not base64"),
+    (lambda e: e["inputs"]["query"].update(shape=[2, 2]), "bytes of data for 4 elements"),
+    (lambda e: e["inputs"]["query"].update(window={"start": [0, 0, 1], "shape": [1, 1, 1]}), "is not inside"),
+    (lambda e: e["reference"].update({f"x{i}": {"shape": [512], "dtype": "float64", "data": "A" * 5462 + "=="}
+                                      for i in range(9)}), "more than the 4096 elements"),
+])
+def test_evidence_the_schema_cannot_judge_is_refused_when_read(tmp_path, change, message):
+    data = read(write(tmp_path / "r.json"))
+    ev = find(data, verdict="non-conformant")["evidence"]
+    change(ev)
+    with pytest.raises(evidence.EvidenceError, match=message):
+        evidence.unpack(load_results(save(tmp_path / "bad.json", data))["cells"][5]["evidence"])
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema="conformance-results/99"),
      "schema 'conformance-results/99' is not one this version reads; readable: conformance-results/2, "
-     "conformance-results/3"),
+     "conformance-results/3, conformance-results/4"),
     (lambda d: d.pop("schema"), "not a results file: no 'schema' field"),
-    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/3: at cells/0/verdict"),
+    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/4: at cells/0/verdict"),
     (lambda d: d["cells"][2].pop("env"), "at cells/2: 'env' is a required property"),
     (lambda d: d["cells"][1].update(env=5), "at cells/1/env: environment 5 does not exist (the file has 1)"),
     (lambda d: d.update(environments=[]), "at environments"),
