@@ -114,6 +114,18 @@ COMPONENTS = (
          Layer("keras.layers.LSTM", "keras", "impls.keras.builtin_lstm:Seq2Seq"))),
 )
 
+COMPONENTS += (
+    Component(
+        "text_classifier", "impls.keras.text_classifier:TextClassifier",
+        MappingProxyType({"vocab_size": 5, "d_model": 4, "max_len": 8, "positional": "learned", "num_heads": 2,
+                          "d_head": 2, "d_ff": 8, "epsilon": 1e-5, "num_layers": 1, "pooling": "max",
+                          "head": "sigmoid", "num_classes": 1}),
+        _bad(({"pooling": "sum"}, "pooling must be one of max, mean, got 'sum'"),
+             ({"head": "softmax"}, "head must be one of sigmoid, none, got 'softmax'"),
+             ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
+             ({"num_classes": 1.5}, "num_classes must be a positive integer, got 1.5"))),
+)
+
 BY_ID = {c.id: c for c in COMPONENTS}
 
 

@@ -55,10 +55,21 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
     padding_mask = tokens != 0  # (B, T), §7.1: True = a real token
 
     if diagnostics is not None:  # the magnitude spec/embedding.md §8 scales the budget by
-        angle = sinusoid_angles(T, d_model, dtype) if positional == "sinusoidal" else np.zeros((T, d_model))
-        terms = np.abs(emb) * abs(s) + np.abs(PE)[None] + np.abs(angle)[None]  # (B, T, d_model)
-        diagnostics["x_scale"] = float(terms.max())
+        diagnostics["x_scale"] = float(magnitude(config, weights, tokens).max())
     return {"x": x, "padding_mask": padding_mask}
+
+
+def magnitude(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], tokens: np.ndarray) -> np.ndarray:
+    """§8: the magnitude of x element by element, (B, T, d_model): the terms it is summed from, and for
+    sinusoids the angle, whose rounding the sine and cosine pass on."""
+    d_model, T = config["d_model"], tokens.shape[1]
+    E = weights["E"]
+    s = np.sqrt(E.dtype.type(d_model)) if config["scale"] else E.dtype.type(1)
+    if config["positional"] == "sinusoidal":
+        PE, angle = sinusoidal_table(T, d_model, E.dtype), sinusoid_angles(T, d_model, E.dtype)
+    else:
+        PE, angle = weights["P"][:T], np.zeros((T, d_model))
+    return np.abs(E[tokens]) * abs(s) + np.abs(PE)[None] + np.abs(angle)[None]
 
 
 class Implementation(NumpyImplementation):

@@ -27,12 +27,18 @@ def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 
 def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
-    """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference.
+    """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference."""
+    x = inputs["x"]  # (B, T, d_model)
+    y, attn, y_mag, score_scale = block(config, weights, x, np.abs(x), inputs.get("padding_mask"))
+    if diagnostics is not None:
+        diagnostics["score_scale"], diagnostics["y_scale"] = score_scale, float(y_mag.max())
+    return {"y": y, "attention_weights": attn}
 
-    Each step also evaluates the magnitude of its result (`*_mag`, §8), which only the
-    diagnostics use.
-    """
-    x, padding = inputs["x"], inputs.get("padding_mask")  # (B, T, d_model), (B, T) or None
+
+def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_mag: np.ndarray,
+          padding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """One block from an input `x` of magnitude `x_mag` (§8; |x| for a block on its own, what came before
+    for a block in a stack): (y, attention weights, the magnitude of y, score_scale)."""
     mask = None if padding is None else padding[:, None, :]  # (B, 1, T): padded keys hidden from every query, §6
     eps, w = config["epsilon"], weights
 
@@ -48,7 +54,6 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
         gamma, beta = w[f"gamma_{i}"], w[f"beta_{i}"]
         return layer_norm(v, gamma, beta, eps), _norm_magnitude(v, v_mag, gamma, beta, eps)
 
-    x_mag = np.abs(x)
     if config["norm"] == "post":  # §5.4
         a, attn, a_mag, score_scale = attention(x, x_mag)
         h, h_mag = norm(x + a, x_mag + a_mag, 1)
@@ -60,10 +65,7 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
         h, h_mag = x + a, x_mag + a_mag
         f, f_mag = feed_forward(*norm(h, h_mag, 2))
         y, y_mag = h + f, h_mag + f_mag
-
-    if diagnostics is not None:
-        diagnostics["score_scale"], diagnostics["y_scale"] = score_scale, float(y_mag.max())
-    return {"y": y, "attention_weights": attn}
+    return y, attn, y_mag, score_scale
 
 
 # --- §8: the magnitudes the budgets scale by ----------------------------------------

@@ -1,0 +1,97 @@
+"""The Transformer text classifier in NumPy, composed from our embedding and encoder block, written from
+spec/text_classifier.md.
+
+Run in float64 this is the reference. It restates nothing of its parts: the
+embedding is impls/numpy/embedding.py and each block impls/numpy/encoder_block.py;
+what is its own is the stack, the pooling over real tokens and the head.
+Section numbers refer to spec/text_classifier.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from impls.numpy import NumpyImplementation
+from impls.numpy import embedding, encoder_block
+
+#: The encoder block's parameters this model fixes (§5.2): post-norm and ReLU, as the seed's block.
+BLOCK = {"norm": "post", "activation": "relu"}
+
+
+def embedding_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """§5.1: the embedding's parameters, positions unscaled."""
+    return {"vocab_size": config["vocab_size"], "d_model": config["d_model"], "max_len": config["max_len"],
+            "positional": config["positional"], "scale": False}
+
+
+def block_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """§5.2: the parameters every block of the stack shares."""
+    names = ("d_model", "num_heads", "d_head", "d_ff", "epsilon", "dropout")
+    return {**{k: config[k] for k in names}, **BLOCK}
+
+
+def block_weights(weights: Mapping[str, np.ndarray], layer: int) -> dict[str, np.ndarray]:
+    """§3: block `layer`'s weights under the encoder block's names (W_q_1 -> W_q)."""
+    suffix = f"_{layer}"
+    return {k[: -len(suffix)]: v for k, v in weights.items() if k.endswith(suffix) and not k.startswith(("E", "P"))}
+
+
+def pool(y: np.ndarray, real: np.ndarray, how: str) -> np.ndarray:
+    """§5.3: (B, T, d_model) -> (B, d_model) over the real tokens of each sequence only."""
+    if how == "max":
+        return np.where(real[:, :, None], y, -np.inf).max(axis=1).astype(y.dtype)
+    if how == "mean":
+        count = real.sum(axis=1, keepdims=True).astype(y.dtype)  # (B, 1): the real tokens, at least one (§5.3)
+        return (np.where(real[:, :, None], y, 0).sum(axis=1) / count).astype(y.dtype)
+    raise ValueError(f"pooling must be 'max' or 'mean', got {how!r}")
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """§5.4: 1 / (1 + exp(-z)), without overflow for large |z|."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
+
+
+def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """§5: embedding, the stack of blocks sharing one padding mask, pooling, head; §6: no dropout."""
+    tokens = np.asarray(inputs["tokens"])  # (B, T)
+    embedded = embedding.forward(embedding_config(config), weights, {"tokens": tokens})
+    x, real = embedded["x"], embedded["padding_mask"]  # (B, T, d_model), (B, T): True = a real token
+    score_scale = 0.0
+    for layer in range(config["num_layers"]):  # §5.2: every block gets the same mask; positions were added once
+        # §7: each block's magnitudes start from its own input, as encoder_block §8 has them for a block alone
+        x, _, x_mag, scale = encoder_block.block(block_config(config), block_weights(weights, layer), x, np.abs(x),
+                                                 real)
+        score_scale = max(score_scale, scale)
+    pooled = pool(x, real, config["pooling"])  # (B, d_model)
+    z = pooled @ weights["W_c"] + weights["b_c"]  # (B, num_classes), §5.4
+    y = sigmoid(z) if config["head"] == "sigmoid" else z
+
+    if diagnostics is not None:  # §7: the last block's magnitudes through the pooling and the head
+        pooled_mag = pool(x_mag, real, config["pooling"])  # (B, d_model)
+        diagnostics["score_scale"] = score_scale
+        diagnostics["pooled_scale"] = float(pooled_mag.max())
+        diagnostics["y_scale"] = float((pooled_mag @ np.abs(weights["W_c"]) + np.abs(weights["b_c"])).max())
+    return {"y": y, "pooled": pooled}
+
+
+class Implementation(NumpyImplementation):
+    """The registered NumPy implementation (and, in float64, the reference)."""
+
+    component = "text_classifier"
+    forward = staticmethod(forward)
+
+
+# --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
+
+def padded_sequence(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§5.3: some sequence of the batch has padding, so pooling over real tokens and over every position differ."""
+    return bool((np.asarray(inputs["tokens"]) == 0).any())
+
+
+def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§5.2: d_model = 1, where each block's layer norms give their beta whatever came before them."""
+    return example["d_model"] == 1
