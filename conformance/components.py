@@ -123,7 +123,14 @@ COMPONENTS += (
         _bad(({"pooling": "sum"}, "pooling must be one of max, mean, got 'sum'"),
              ({"head": "softmax"}, "head must be one of sigmoid, none, got 'softmax'"),
              ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
-             ({"num_classes": 1.5}, "num_classes must be a positive integer, got 1.5"))),
+             ({"num_classes": 1.5}, "num_classes must be a positive integer, got 1.5")),
+        (Layer("torch.nn.TransformerEncoder[classifier]", "torch",
+               "impls.torch.builtin_classifier:TransformerEncoderClassifier"),
+         Layer("torch.nn.TransformerEncoder[classifier, state_dict]", "torch",
+               "impls.torch.builtin_classifier:TransformerEncoderClassifierStateDict"),
+         Layer("keras.Model[functional]", "keras", "impls.keras.builtin_classifier:FunctionalModel"),
+         Layer("keras.Model[functional, saved and loaded]", "keras",
+               "impls.keras.builtin_classifier:SavedFunctionalModel"))),
 )
 
 BY_ID = {c.id: c for c in COMPONENTS}

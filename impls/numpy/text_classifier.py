@@ -95,3 +95,8 @@ def padded_sequence(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bo
 def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     """§5.2: d_model = 1, where each block's layer norms give their beta whatever came before them."""
     return example["d_model"] == 1
+
+
+def mean_pooling(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§5.3: the pooling is the mean, a sum over the sequence divided by a count."""
+    return example["pooling"] == "mean"
