@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--cell-timeout", type=float, metavar="SECONDS",
                         help="a whole cell that takes longer ends as error (default: an hour plus 10 s per "
                              "example)")
+        sp.add_argument("--no-shrink", action="store_true",
+                        help="end a failing cell at the first failing example, without shrinking it: a quick yes or "
+                             "no (the counterexample is then the first found, not the smallest)")
         sp.add_argument("--resume", action="store_true",
                         help="run only the cells that the output's journal lacks, after an interrupted run")
 
@@ -326,7 +329,7 @@ def _tasks(specs: list[Spec], impls: list[ImplRef], args: argparse.Namespace, le
     n = _examples(args)
     backends = keras_backends(args)
     return [CellTask(impl, spec, dtype, device, mode, max_examples=n, seed=args.seed, example=example,
-                     ledger=tuple(ledger), env=env)
+                     shrink=not args.no_shrink, ledger=tuple(ledger), env=env)
             for spec in specs for impl in impls if impl.component == spec.component
             for env in ([(("KERAS_BACKEND", b),) for b in backends] if impl.framework == "keras" else [()])
             for dtype, device, mode in cells_of(args.dtype, args.device, args.mode)]
@@ -339,6 +342,7 @@ def _identity(tasks: list[CellTask], args: argparse.Namespace) -> dict[str, Any]
         "cells": [t.label for t in tasks], "examples": first.max_examples if first else None,
         "seed": args.seed, "example": first.example if first else None,
         "ledger": sorted(repr(d) for d in (first.ledger or ())) if first else [],
+        **({"shrink": False} if args.no_shrink else {}),  # absent when shrinking, as journals before the flag
     }))
 
 

@@ -617,11 +617,16 @@ class Recorder:
                 f"ledger entry {entry.id!r} is stale: {self.runner.impl.label} followed the spec on every example "
                 f"of this cell where {entry.condition} ({entry.explanation})", entry.sections), "ledger")
         if self.deviated:
-            entry = self.deviated[0].entry
-            result.verdict, result.deviation = Verdict.KNOWN_DEVIATION, entry.id
-            result.reason = (f"ledger entry {entry.id!r} ({result.known_deviations} examples where "
-                             f"{entry.condition}): {entry.explanation} First seen here: {self.deviated[0].reason}")
-            result.sections = [f"{self.spec.component} §{s}" for s in entry.sections]
+            counts: dict[str, list] = {}  # entry id -> [entry, examples it covered that deviated], first seen first
+            for d in self.deviated:
+                counts.setdefault(d.entry.id, [d.entry, 0])[1] += 1
+            entries = list(counts.values())
+            result.verdict, result.deviation = Verdict.KNOWN_DEVIATION, entries[0][0].id
+            named = [f"{entry.id!r} ({n} examples where {entry.condition}): {entry.explanation}" for entry, n in entries]
+            result.reason = (f"ledger {'entry' if len(named) == 1 else 'entries'} {' '.join(named)} "
+                             f"First seen here: {self.deviated[0].reason}")
+            result.sections = list(dict.fromkeys(f"{self.spec.component} §{s}" for entry, _ in entries
+                                                 for s in entry.sections))
             result.repro = self._repro(result.counterexample)
         elif result.examples == 0 and self.skipped:
             result.verdict, result.reason = Verdict.UNSUPPORTED, f"every example was skipped: {self.skipped[0]}"

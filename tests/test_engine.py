@@ -4,14 +4,17 @@ the repro line replays, worked examples catch what one random example misses, on
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
 
 from conformance import results
 from conformance.cli import main
+from conformance.deviations import Deviation
 from conformance.engine import run_cell, run_matrix
 from conformance.registry import find_shipped, Registered, resolve
+from conformance.spec import load_spec
 
 from checks import mistake
 
@@ -88,3 +91,33 @@ def test_python_api_for_a_projects_own_tests(root):
     assert check("mha", "numpy", dtypes=["float64"], examples=5)[0].verdict == "conformant"
     with pytest.raises(AssertionError, match="no cell could run here: 2 unsupported"):
         assert_conformant("mha", Correct(), dtypes=["float32"], modes=["compiled"], examples=5)
+
+
+def test_a_cell_covered_by_several_ledger_entries_names_each_with_its_own_count(mha_spec):
+    """Every entry that applied is named, each with the examples it covered that deviated."""
+    both = mistake("mha", "ScaledByDModelAndNaNRows")
+    ledger = [Deviation("nan-rows", both.label, "mha", "fully_masked_query_row", ("7.4",), "NaN in masked rows."),
+              Deviation("divisor", both.label, "mha", "always", ("6.3",), "Divides by sqrt(d_model).")]
+    cell = run_cell(mha_spec, both, "float32", "cpu", max_examples=60, ledger=ledger)
+    assert cell.verdict == "known-deviation", cell.reason
+    counts = {name: int(n) for name, n in re.findall(r"'([a-z-]+)' \((\d+) examples where", cell.reason)}
+    assert set(counts) == {"nan-rows", "divisor"} and all(counts.values()), cell.reason
+    assert sum(counts.values()) == cell.known_deviations
+    assert cell.reason.startswith("ledger entries ") and set(cell.sections) == {"mha §7.4", "mha §6.3"}
+
+
+def test_no_shrink_ends_a_failing_cell_at_the_first_failure(root, tmp_path, monkeypatch):
+    """`check --no-shrink`: the same verdict, sooner; its counterexample (the first found) still replays."""
+    monkeypatch.chdir(root)
+    examples = {}
+    for flag in ([], ["--no-shrink"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["check", "mha", "--impl", "tests/wrong_mha.py:ScaledByDModel", "--dtype", "float32", "--device",
+                     "cpu", "--mode", "eager", "--examples", "100", "-j", "1", *flag, "-o", str(out)]) == 1
+        cell = json.loads(out.read_text())["cells"][0]
+        assert cell["verdict"] == "non-conformant"
+        examples[bool(flag)] = cell["examples"]
+    assert examples[True] < examples[False]  # shrinking runs passing examples on the way to the smallest
+    again = run_cell(load_spec(root / "spec" / "mha.md"), mistake("mha", "ScaledByDModel"), "float32", "cpu",
+                     example=cell["counterexample"])
+    assert again.verdict == "non-conformant"

@@ -166,3 +166,9 @@ class BrokenBuild(_Wrong):
 
 class Correct(_Wrong):
     """No switch set: follows the spec (a control for the cases above)."""
+
+
+class ScaledByDModelAndNaNRows(_Wrong):
+    """Two mistakes at once, for ledger tests (tests/test_engine.py): the divisor of ScaledByDModel and the NaN
+    rows of NaNOnFullyMaskedRow. Not a case of the generic test (no `breaks`)."""
+    options = {"divisor": lambda c: c["d_model"], "softmax": nan_softmax}
