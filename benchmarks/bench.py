@@ -6,6 +6,7 @@
     python benchmarks/bench.py tox              # `tox` (the quick start) from a fresh clone of this checkout
     python benchmarks/bench.py ci               # `.ci/run` from a fresh clone of this checkout
     python benchmarks/bench.py report           # the report of 5,000 cells: bytes, seconds to write, to open
+    python benchmarks/bench.py first-failure    # examples to the first failure of each wrong implementation in tests/
 
 Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
 with the machine's description and the compilation cache used (CONFORMANCE_CACHE_DIR;
@@ -235,6 +236,39 @@ def bench_report(args: argparse.Namespace) -> None:
                           "open_seconds_each": opened})
 
 
+def bench_first_failure(args: argparse.Namespace) -> None:
+    """How soon the search finds each deliberately wrong implementation of tests/wrong_*.py (those that say which
+    section they break): `first_failure` in float32, eager, at the default profile's examples, without shrinking,
+    for each seed; the median over all of them is the figure."""
+    import importlib.util
+    import statistics
+
+    sys.path.insert(0, str(ROOT / "tests"))  # the wrong implementations import their shared base from there
+    from conformance.cli import DEFAULT_PROFILE, PROFILES
+    from conformance.components import COMPONENTS
+    from conformance.engine import run_cell
+    from conformance.registry import resolve
+    from conformance.spec import load_spec
+
+    found: dict[str, list[int | None]] = {}
+    for c in COMPONENTS:
+        path = ROOT / "tests" / f"wrong_{c.id}.py"
+        loader = importlib.util.spec_from_file_location(f"wrong_{c.id}", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        spec = load_spec(ROOT / "spec" / f"{c.id}.md")
+        for name, cls in vars(module).items():
+            if isinstance(cls, type) and cls.__module__ == module.__name__ and getattr(cls, "breaks", None) is not None:
+                found[f"{c.id}:{name}"] = [run_cell(spec, resolve(c.id, f"{path}:{name}"), "float32", "cpu",
+                                                    max_examples=PROFILES[DEFAULT_PROFILE], seed=seed,
+                                                    shrink=False).first_failure for seed in range(args.seeds)]
+    every = [n for runs in found.values() for n in runs if n is not None]
+    record("first-failure", {"profile": DEFAULT_PROFILE, "seeds": args.seeds, "mistakes": len(found),
+                             "median_first_failure": statistics.median(every),
+                             "missed": sum(n is None for runs in found.values() for n in runs),
+                             "per_mistake": found})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="benchmark", required=True)
@@ -259,6 +293,9 @@ def main() -> None:
     report.add_argument("--results", help="a results file to report on instead of made-up cells")
     report.add_argument("--loads", type=int, default=5, help="times Chromium opens the page (the median is recorded)")
     report.set_defaults(func=bench_report)
+    first = sub.add_parser("first-failure")
+    first.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 for each wrong implementation")
+    first.set_defaults(func=bench_first_failure)
     args = p.parse_args()
     args.func(args)
 

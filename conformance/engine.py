@@ -153,6 +153,9 @@ class CellResult:
     reason: str | None = None  # why not conformant, or why it could not run
     sections: list[str] = field(default_factory=list)  # spec sections of the failure
     counterexample: dict[str, Any] | None = None  # minimal failing example after shrinking
+    # the examples run up to and including the first that failed (drawn, worked and skipped ones alike): how soon
+    # the search finds the mistake, apart from the passing examples shrinking runs after it; None if none failed
+    first_failure: int | None = None
     # the counterexample's arrays (inputs, weights, the candidate's outputs, the reference's), bounded in size:
     # what the report draws and offers for download, so that it never runs an implementation (conformance/evidence.py)
     evidence: dict[str, Any] | None = None
@@ -549,9 +552,11 @@ class Recorder:
         self.samples = Samples(seed=seed)
         self.deviated: list[KnownDeviation] = []
         self.skipped: list[str] = []
+        self.attempts = 0  # examples run, whatever came of them
 
     def attempt(self, run: Callable[[], Outcome], ex: Mapping[str, Any] | None) -> Outcome | str:
         """One example: its outcome, or "skipped" (config unsupported) or "deviated" (as the ledger records)."""
+        self.attempts += 1
         try:
             outcome = run()
         except ConfigUnsupported as e:
@@ -600,6 +605,8 @@ class Recorder:
         `arrays`: that example's (`Runner.last`), where it ran."""
         self._summarise()
         result = self.result
+        if result.first_failure is None and what != "ledger":
+            result.first_failure = self.attempts
         result.verdict, result.reason = Verdict.NON_CONFORMANT, f"{what}: {e.reason}"
         result.sections = [f"{self.spec.component} §{s}" for s in e.sections]
         result.counterexample = ex
@@ -667,6 +674,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
             try:
                 outcome = cell.attempt(lambda: runner.run(ex), ex)
             except NonConformance as e:
+                if not failure:
+                    result.first_failure = cell.attempts
                 failure.append((dict(ex), e, runner.last))  # the last one recorded is the shrunk minimum
                 raise
             if isinstance(outcome, Outcome):

@@ -21,8 +21,9 @@ from conformance.vocabulary import impl_label, Verdict
 #: file's cells come from) and each cell's `env`, `samples` and `output_ratio`;
 #: /4 each cell's `evidence`: the arrays of the example a non-conformant cell
 #: failed on (or a known deviation first deviated on), at most 4096 elements,
-#: from which the report draws and writes its .npz files (conformance/evidence.py).
-SCHEMA = "conformance-results/4"
+#: from which the report draws and writes its .npz files (conformance/evidence.py);
+#: /5 each cell's `first_failure`, the examples run up to the first that failed.
+SCHEMA = "conformance-results/5"
 _PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 

@@ -19,7 +19,7 @@ from conformance.vocabulary import UsageError
 
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 #: Versions this code reads; older ones are upgraded in memory to SCHEMA, one version at a time.
-READABLE = ("conformance-results/2", "conformance-results/3", SCHEMA)
+READABLE = ("conformance-results/2", "conformance-results/3", "conformance-results/4", SCHEMA)
 #: Cell fields that hold a number, or "inf"/"-inf"/"nan" for a non-finite one.
 _REAL_FIELDS = ("max_ratio", "p99_ratio")
 _PER_OUTPUT_FIELDS = ("max_error", "p99_error", "budget", "output_ratio")
@@ -84,6 +84,8 @@ def load_results(path: Path | str) -> dict[str, Any]:
         data = _upgrade_2(path, data)
     if data["schema"] == "conformance-results/3":
         data = _upgrade_3(data)
+    if data["schema"] == "conformance-results/4":
+        data = _upgrade_4(data)
     found = problems(data)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -105,11 +107,19 @@ def _upgrade_2(path: Path | str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upgrade_3(data: dict[str, Any]) -> dict[str, Any]:
-    """A conformance-results/3 file in the shape of SCHEMA: its cells kept no arrays (`evidence` null; one
+    """A conformance-results/3 file in the shape of /4: its cells kept no arrays (`evidence` null; one
     that a development version wrote under /3 has another format, and is dropped)."""
     cells = data.get("cells")
     if isinstance(cells, list):
         cells = [{**c, "evidence": None} if isinstance(c, dict) else c for c in cells]
+    return {**data, "schema": "conformance-results/4", "cells": cells}
+
+
+def _upgrade_4(data: dict[str, Any]) -> dict[str, Any]:
+    """A conformance-results/4 file in the shape of SCHEMA: its cells did not record their first failure."""
+    cells = data.get("cells")
+    if isinstance(cells, list):
+        cells = [{**c, "first_failure": None} if isinstance(c, dict) else c for c in cells]
     return {**data, "schema": SCHEMA, "cells": cells}
 
 

@@ -109,15 +109,26 @@ def test_a_cell_covered_by_several_ledger_entries_names_each_with_its_own_count(
 def test_no_shrink_ends_a_failing_cell_at_the_first_failure(root, tmp_path, monkeypatch):
     """`check --no-shrink`: the same verdict, sooner; its counterexample (the first found) still replays."""
     monkeypatch.chdir(root)
-    examples = {}
+    examples, first = {}, {}
     for flag in ([], ["--no-shrink"]):
         out = tmp_path / f"r{len(flag)}.json"
         assert main(["check", "mha", "--impl", "tests/wrong_mha.py:ScaledByDModel", "--dtype", "float32", "--device",
                      "cpu", "--mode", "eager", "--examples", "100", "-j", "1", *flag, "-o", str(out)]) == 1
         cell = json.loads(out.read_text())["cells"][0]
         assert cell["verdict"] == "non-conformant"
-        examples[bool(flag)] = cell["examples"]
+        examples[bool(flag)], first[bool(flag)] = cell["examples"], cell["first_failure"]
     assert examples[True] < examples[False]  # shrinking runs passing examples on the way to the smallest
+    # the first failure is the same example either way: the passes before it, and it
+    assert first[True] == first[False] == examples[True] + 1
     again = run_cell(load_spec(root / "spec" / "mha.md"), mistake("mha", "ScaledByDModel"), "float32", "cpu",
                      example=cell["counterexample"])
     assert again.verdict == "non-conformant"
+
+
+def test_first_failure_counts_the_examples_up_to_the_first_that_failed(mha_spec):
+    """Not the passes shrinking adds after it; None where nothing failed; a worked example counts as one."""
+    caught = run_cell(mha_spec, mistake("mha", "DropoutAtInference"), "float32", "cpu", max_examples=100)
+    assert caught.verdict == "non-conformant" and 1 <= caught.first_failure <= caught.examples + 1
+    late = run_cell(mha_spec, mistake("mha", "TransposedOutputProjection"), "float32", "cpu", max_examples=3)
+    assert late.reason.startswith("worked example") and late.first_failure > late.examples - len(mha_spec.examples)
+    assert run_cell(mha_spec, mistake("mha", "Correct"), "float32", "cpu", max_examples=10).first_failure is None

@@ -30,7 +30,7 @@ def validate(path) -> dict:
 
 def test_a_runs_file_follows_the_schema(tmp_path):
     data = validate(write(tmp_path / "r.json"))
-    assert data["schema"] == SCHEMA == "conformance-results/4"
+    assert data["schema"] == SCHEMA == "conformance-results/5"
     assert {c["verdict"] for c in data["cells"]} == {"conformant", "non-conformant", "unsupported", "not-available"}
     assert [c["env"] for c in data["cells"]] == [0] * len(data["cells"])
     env = data["environments"][0]
@@ -116,7 +116,7 @@ def test_version_2_files_are_read_as_the_current_version(tmp_path):
     data = read(write(tmp_path / "r.json"))
     old = {"schema": "conformance-results/2", "created": data["created"], "command": data["command"],
            "environment": {k: v for k, v in data["environments"][0].items() if k not in ("created", "command")},
-           "cells": [{k: v for k, v in c.items() if k not in ("env", "samples", "output_ratio", "evidence")}
+           "cells": [{k: v for k, v in c.items() if k not in ("env", "samples", "output_ratio", "evidence", "first_failure")}
                      for c in data["cells"]]}
     loaded = load_results(save(tmp_path / "old.json", old))
     assert loaded["schema"] == SCHEMA and loaded["environments"][0]["cpu"] == data["environments"][0]["cpu"]
@@ -124,10 +124,20 @@ def test_version_2_files_are_read_as_the_current_version(tmp_path):
     assert [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
 
 
+def test_version_4_files_are_read_with_no_first_failure(tmp_path):
+    data = read(write(tmp_path / "r.json"))
+    assert any(c["first_failure"] for c in data["cells"])  # the sample has a failing cell
+    old = {**data, "schema": "conformance-results/4",
+           "cells": [{k: v for k, v in c.items() if k != "first_failure"} for c in data["cells"]]}
+    loaded = load_results(save(tmp_path / "old.json", old))
+    assert loaded["schema"] == SCHEMA and [c["first_failure"] for c in loaded["cells"]] == [None] * len(data["cells"])
+    assert [c["evidence"] for c in loaded["cells"]] == [c["evidence"] for c in data["cells"]]
+
+
 def test_version_3_files_are_read_with_no_evidence(tmp_path):
     data = read(write(tmp_path / "r.json"))
     old = {**data, "schema": "conformance-results/3",
-           "cells": [{k: v for k, v in c.items() if k != "evidence"} for c in data["cells"]]}
+           "cells": [{k: v for k, v in c.items() if k not in ("evidence", "first_failure")} for c in data["cells"]]}
     loaded = load_results(save(tmp_path / "old.json", old))
     assert loaded["schema"] == SCHEMA and [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
     bad = {**old, "cells": [{**old["cells"][0], "verdict": "maybe"}]}
@@ -241,9 +251,9 @@ def test_evidence_the_schema_cannot_judge_is_refused_when_read(tmp_path, change,
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema="conformance-results/99"),
      "schema 'conformance-results/99' is not one this version reads; readable: conformance-results/2, "
-     "conformance-results/3, conformance-results/4"),
+     "conformance-results/3, conformance-results/4, conformance-results/5"),
     (lambda d: d.pop("schema"), "not a results file: no 'schema' field"),
-    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/4: at cells/0/verdict"),
+    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/5: at cells/0/verdict"),
     (lambda d: d["cells"][2].pop("env"), "at cells/2: 'env' is a required property"),
     (lambda d: d["cells"][1].update(env=5), "at cells/1/env: environment 5 does not exist (the file has 1)"),
     (lambda d: d.update(environments=[]), "at environments"),
