@@ -8,6 +8,7 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     condition      = "fully_masked_query_row"       # which examples it covers: "always", or a condition of the
                                                     #   component's spec (conformance/conditions.py)
     sections       = ["7.4"]                        # the spec sections it departs from
+    bound          = "region"                       # how far the deviation may go (below)
     explanation    = "..."                          # one sentence
     reference      = "https://..."                  # optional: the upstream issue
     seen_on        = {torch = "2.13.0"}             # optional: versions it was observed with
@@ -16,20 +17,35 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     devices        = ["cpu"]                        #   and the execution mode
     modes          = ["eager"]
 
+`bound` says how far the deviation may go, one of:
+
+    "region"        only inside the condition's region: every element outside it is held to its budget
+                    (the condition must be one that marks elements, such as fully_masked_query_row)
+    "float32"       a dtype: every output within that dtype's budget, its eps in place of the cell's
+                    (a float64 layer that computes in float32)
+    "3e5 eps"       every output within that many eps of the cell's dtype, in units of the output's scale,
+                    in place of its budget
+    "like NAME"     every output within its budget of what the reference module's function NAME gives
+                    (same arguments as `forward`): the deviation modelled exactly
+
 An entry narrows, it never skips. Examples outside its condition are checked
 in full. On an example that meets it the engine still runs the candidate: if
 it disagrees with the spec the example counts as a known deviation, if it
 agrees it counts as a pass. When a cell has examples the entry covers and none
 of them deviates, the entry is stale and the cell is non-conformant, so a
-fixed upstream bug is noticed. (Per cell, not per example: a deviation such as
+fixed upstream bug is noticed. An example that deviates beyond the bound of
+every entry that covers it (alone, or of all of them together) is
+non-conformant, and its reason names the entries and the excess. (Per cell, not per example: a deviation such as
 "float64 computed in float32" is invisible on an example whose values float32
 holds exactly, as in some worked examples.)
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,7 +55,7 @@ from conformance.vocabulary import DEVICES, DTYPES, MODES, UsageError
 LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
 
 
-REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation")
+REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation", "bound")
 #: Optional fields that narrow an entry to some cells, and the values each may list.
 SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices": DEVICES, "modes": MODES}
 OPTIONAL = ("reference", "seen_on", *SCOPES)
@@ -47,6 +63,52 @@ OPTIONAL = ("reference", "seen_on", *SCOPES)
 
 class LedgerError(UsageError):
     """A malformed ledger entry; the message names the entry and the valid fields."""
+
+
+class BoundKind(str, Enum):
+    """The forms of an entry's `bound` (the module docstring)."""
+
+    REGION = "region"
+    DTYPE = "dtype"
+    EPS = "eps"
+    LIKE = "like"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How far a recorded deviation may go: `kind`, and its dtype, number of eps or function name."""
+
+    kind: BoundKind
+    value: Any = None
+
+    @property
+    def text(self) -> str:
+        if self.kind == BoundKind.EPS:
+            return f"{self.value:g} eps"
+        return "region" if self.kind == BoundKind.REGION else ("like " if self.kind == BoundKind.LIKE else "") + self.value
+
+
+BOUND_FORMS = '"region", a dtype ("float32"), a number of eps ("3e5 eps") or "like NAME" (a function of the reference)'
+
+
+def parse_bound(text: Any, name: str) -> Bound:
+    """An entry's `bound` as a Bound; LedgerError naming the entry and the valid forms otherwise."""
+    if isinstance(text, str):
+        words = text.split()
+        if text == "region":
+            return Bound(BoundKind.REGION)
+        if text in DTYPES and text != "float64":
+            return Bound(BoundKind.DTYPE, text)
+        if len(words) == 2 and words[1] == "eps":
+            try:
+                number = float(words[0])
+            except ValueError:
+                number = -1.0
+            if number > 0 and number != float("inf"):
+                return Bound(BoundKind.EPS, number)
+        if len(words) == 2 and words[0] == "like" and re.fullmatch(r"[A-Za-z_]\w*", words[1]):
+            return Bound(BoundKind.LIKE, words[1])
+    raise LedgerError(f"{name}: bound is {text!r}; it is {BOUND_FORMS}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +119,7 @@ class Deviation:
     condition: str
     sections: tuple[str, ...]
     explanation: str
+    bound: Bound
     reference: str | None = None
     seen_on: Mapping[str, str] = field(default_factory=dict)
     scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # SCOPES field -> the values listed
@@ -113,8 +176,9 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
         if entry["id"] in seen:
             raise LedgerError(f"{name}: the id is used twice; ids must be unique")
         seen.add(entry["id"])
+        bound = parse_bound(entry["bound"], name)
         parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
-                                tuple(sections), entry["explanation"], entry.get("reference"),
+                                tuple(sections), entry["explanation"], bound, entry.get("reference"),
                                 dict(entry.get("seen_on", {})), scope))
     return parsed
 
@@ -159,6 +223,16 @@ def check_against_specs(ledger: list[Deviation], specs: dict[str, Any]) -> None:
         if d.condition != conditions.ALWAYS and d.condition not in spec.conditions:
             raise LedgerError(f"ledger entry {d.id!r}: unknown condition {d.condition!r}; valid for {d.component}: "
                               f"{', '.join([conditions.ALWAYS, *spec.conditions])} (the condition table of {spec.path})")
+        if d.bound.kind == BoundKind.REGION and d.condition == conditions.ALWAYS:
+            raise LedgerError(f"ledger entry {d.id!r}: bound \"region\" needs a condition that marks elements, "
+                              f"not \"always\"; give a dtype, a number of eps or \"like NAME\" instead")
+        if d.bound.kind == BoundKind.LIKE:
+            try:
+                conditions.predicate(d.component, d.bound.value)
+            except AttributeError:
+                raise LedgerError(f"ledger entry {d.id!r}: bound {d.bound.text!r} names no function of "
+                                  f"impls/numpy/{d.component}.py; it takes forward's arguments and returns the "
+                                  f"outputs the deviation gives") from None
 
 
 def check_names(ledger: list[Deviation], registered: list[Any]) -> None:

@@ -88,11 +88,58 @@ class ConfigUnsupported(Exception):
 
 
 class KnownDeviation(Exception):
-    """An example covered by a ledger entry, on which the candidate still deviates as recorded."""
+    """An example covered by ledger entries, on which the candidate deviates as they record, within their
+    bounds: `entries` are those whose bounds (together) hold it."""
 
-    def __init__(self, entry: Deviation, reason: str):
+    def __init__(self, entries: tuple[Deviation, ...], reason: str):
         super().__init__(reason)
-        self.entry, self.reason = entry, reason
+        self.entries, self.reason = entries, reason
+
+
+@dataclass
+class Leeway:
+    """How far ledger entries let one example's outputs deviate (their `bound`s, spec/deviations.toml):
+    elements left unchecked (`region`, per output), the dtype whose eps measures errors (`dtype`), a number
+    of eps allowed in place of the budget (`eps`), and outputs to compare with in place of the reference's
+    (`reference`, with their `diagnostics`)."""
+
+    region: dict[str, np.ndarray] = field(default_factory=dict)
+    dtype: str = "float64"
+    eps: float | None = None
+    reference: dict[str, np.ndarray] | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entries: list[Deviation], runner: "Runner", example: Mapping[str, Any],
+           weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> "Leeway":
+        leeway = cls(dtype=runner.dtype)
+        rounded_inputs = generate.cast(inputs, runner.dtype)
+        for d in entries:
+            kind = d.bound.kind
+            if kind == deviations.BoundKind.REGION:
+                marked = conditions.predicate(runner.spec.component, d.condition)(example, rounded_inputs)
+                if not isinstance(marked, Mapping):
+                    raise ValueError(f"ledger entry {d.id!r}: bound \"region\" needs a condition that marks "
+                                     f"elements; {d.condition} holds for whole examples")
+                for name, where in marked.items():
+                    where = np.asarray(where, dtype=bool)
+                    leeway.region[name] = where if name not in leeway.region else leeway.region[name] | where
+            elif kind == deviations.BoundKind.DTYPE:
+                leeway.dtype = max((leeway.dtype, d.bound.value), key=lambda t: tolerances.EPS[t])
+            elif kind == deviations.BoundKind.EPS:
+                leeway.eps = max(leeway.eps or 0.0, d.bound.value)
+            elif leeway.reference is None:  # like NAME: the deviation modelled by a function of the reference
+                model = conditions.predicate(runner.spec.component, d.bound.value)
+                leeway.reference = model(example, generate.cast(generate.cast(weights, runner.dtype), "float64"),
+                                         generate.cast(rounded_inputs, "float64"), diagnostics=leeway.diagnostics)
+        return leeway
+
+    def outside_region(self, output: str, value: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """`value` with the elements of the region replaced by the reference's: only the rest is checked."""
+        if output not in self.region:
+            return value
+        where = np.broadcast_to(self.region[output], value.shape)
+        return np.where(where, reference.astype(value.dtype), value)
 
 
 class NonConformance(Exception):
@@ -276,17 +323,36 @@ class Runner:
 
     def compare(self, config: Mapping[str, Any], example: Mapping[str, Any],
                 weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
-        """`check` the example; where a ledger entry covers it, require the recorded deviation instead."""
-        entry = next((d for d in self.ledger if d.matches(example, inputs)), None)
-        if entry is None:
+        """`check` the example; where ledger entries cover it, a failure must stay within their bounds.
+
+        The bounds are tried one entry at a time, then all the covering entries together; the first that
+        holds the example names the entries it counts for. Beyond every one, the example is non-conformant.
+        """
+        covering = [d for d in self.ledger if d.matches(example, inputs)]
+        if not covering:
             return self.check(config, example, weights, inputs)
         try:
             outcome = self.check(config, example, weights, inputs)
         except NonConformance as e:
-            raise KnownDeviation(entry, e.reason) from None
-        # It followed the spec here. That counts as a pass; the entry is stale if no example of the
+            if self.last.get("outputs") is None:  # it raised, or returned no outputs: no bound holds that
+                raise
+            tries = [[d] for d in covering] + ([covering] if len(covering) > 1 else [])
+            excess = e
+            for entries in tries:
+                try:
+                    self.judge(example, inputs, Leeway.of(entries, self, example, weights, inputs))
+                except NonConformance as beyond:
+                    excess = beyond
+                    continue
+                raise KnownDeviation(tuple(entries), e.reason) from None
+            names = " and ".join(f"{d.id!r} (bound: {d.bound.text})" for d in covering)
+            excess.reason = (f"beyond ledger {'entry' if len(covering) == 1 else 'entries'} {names}: "
+                             f"{excess.reason}")
+            raise excess from None
+        # It followed the spec here. That counts as a pass; an entry is stale if no example of the
         # cell deviates (see `stale_entries`), since a dtype-wide entry may miss an exact small case.
-        self.conformed_under.setdefault(entry.id, (entry, dict(example)))
+        for entry in covering:
+            self.conformed_under.setdefault(entry.id, (entry, dict(example)))
         return outcome
 
     def stale_entries(self, deviated: set[str]) -> list[tuple[Deviation, dict[str, Any]]]:
@@ -295,11 +361,13 @@ class Runner:
 
     def check(self, config: Mapping[str, Any], example: Mapping[str, Any],
               weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
+        """Run the candidate on the example and judge its outputs against the reference."""
         weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
         diagnostics: dict[str, float] = {}
         reference = self.reference(example, generate.cast(weights, "float64"),
                                    generate.cast(inputs, "float64"), diagnostics=diagnostics)
-        self.last = {"weights": weights, "inputs": inputs, "reference": reference, "outputs": None}
+        self.last = {"weights": weights, "inputs": inputs, "reference": reference, "outputs": None,
+                     "diagnostics": diagnostics}
         instance = self.instance(config)
         shapes = (tuple(sorted(config.items())),
                   tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
@@ -310,17 +378,24 @@ class Runner:
             instance.load({k: v.copy() for k, v in weights.items()})
             start = time.perf_counter()
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
-            self.last["outputs"] = got
             if first:
                 self.compile_seconds += time.perf_counter() - start
         except Exception as e:
             raise NonConformance(f"raised {_describe_exception(e)}", narrow=True) from None
         finally:
             self.shapes_seen.add(shapes)
+        self.last["outputs"] = named_outputs(got, self.outputs)
+        return self.judge(example, inputs)
 
+    def judge(self, example: Mapping[str, Any], inputs: Mapping[str, Any], leeway: "Leeway | None" = None) -> Outcome:
+        """Check each output of `self.last` by the rules of its row, the float ones against their budgets;
+        `leeway`: as far as ledger entries let the example deviate."""
+        got, reference = self.last["outputs"], self.last["reference"]
+        diagnostics = self.last["diagnostics"]
+        if leeway is not None and leeway.reference is not None:
+            reference, diagnostics = leeway.reference, leeway.diagnostics
         env = {**example, **diagnostics}
         errors, budgets, tolerance = {}, {}, {}
-        got = self.last["outputs"] = named_outputs(got, self.outputs)
         # float outputs first: a greedy comparison needs its logits' tolerance
         compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
         for out in sorted(compared, key=lambda o: o.dtype != "float"):
@@ -332,9 +407,12 @@ class Runner:
                     check_tokens(out, value, reference[out.name], diagnostics, tolerance)
                     continue
                 check_float_dtype(out, value, self.dtype)
+                if leeway is not None:
+                    value = leeway.outside_region(out.name, value, reference[out.name])
                 check_finite(out, value)
                 errors[out.name], budgets[out.name], tolerance[out.name] = check_within_budget(
-                    out, value, reference[out.name], self.dtype, self.spec.budgets[out.name], env)
+                    out, value, reference[out.name], self.dtype, self.spec.budgets[out.name], env,
+                    measure=leeway.dtype if leeway else None, allowed_eps=leeway.eps if leeway else None)
             except NonConformance as e:
                 raise self.inside_a_condition(e, example, inputs, value.shape) from None
         return Outcome(errors, budgets)
@@ -415,18 +493,26 @@ def check_finite(out: Tensor, value: np.ndarray) -> None:
 
 
 def check_within_budget(out: Tensor, value: np.ndarray, reference: np.ndarray, dtype: str,
-                        budget: tuple[str, str], env: Mapping[str, Any]) -> tuple[float, float, float]:
+                        budget: tuple[str, str], env: Mapping[str, Any], *, measure: str | None = None,
+                        allowed_eps: float | None = None) -> tuple[float, float, float]:
     """The error against the reference, in eps of `dtype` times the output's scale, is within K times its
-    growth (the spec's budget table); returns (error in eps, budget in eps, the same budget absolute)."""
+    growth (the spec's budget table); returns (error in eps, budget in eps, the same budget absolute).
+
+    A ledger entry's bound may measure in the eps of another dtype (`measure`) or allow a number of eps
+    in place of the budget (`allowed_eps`)."""
     scale_expr, growth_expr = budget
+    dtype = measure or dtype
     scale = float(evaluate(scale_expr, env))
     error = tolerances.error_in_eps(value, reference, dtype, scale)
     allowed = tolerances.K[dtype] * float(evaluate(growth_expr, env))
+    if allowed_eps is not None:
+        allowed = max(allowed, allowed_eps)
     if not error <= allowed:
         worst = _worst_index(value, reference)
         with np.errstate(invalid="ignore"):  # inf - inf: a non-finite element counts as over
             over = ~(np.abs(value.astype(np.float64) - reference) <= allowed * tolerances.EPS[dtype] * scale)
-        raise NonConformance(f"output {out.name!r} differs from the reference by {error:.4g} eps, "
+        raise NonConformance(f"output {out.name!r} differs from the reference by {error:.4g} eps"
+                             f"{'' if measure is None else f' of {measure}'}, "
                              f"budget {allowed:.4g} eps (at index {worst}: got {value[worst]!r}, reference "
                              f"{reference[worst]!r})", out.sections, out.name, index=worst, bad=over, narrow=True)
     return error, allowed, allowed * tolerances.EPS[dtype] * scale
@@ -617,7 +703,7 @@ class Recorder:
         """Every example ran without failing: stale ledger entries, known deviations, or a pass."""
         self._summarise()
         result = self.result
-        stale = self.runner.stale_entries({d.entry.id for d in self.deviated})
+        stale = self.runner.stale_entries({entry.id for d in self.deviated for entry in d.entries})
         if stale:
             entry, ex = stale[0]
             return self.fail(ex, NonConformance(
@@ -626,10 +712,12 @@ class Recorder:
         if self.deviated:
             counts: dict[str, list] = {}  # entry id -> [entry, examples it covered that deviated], first seen first
             for d in self.deviated:
-                counts.setdefault(d.entry.id, [d.entry, 0])[1] += 1
+                for entry in d.entries:
+                    counts.setdefault(entry.id, [entry, 0])[1] += 1
             entries = list(counts.values())
             result.verdict, result.deviation = Verdict.KNOWN_DEVIATION, entries[0][0].id
-            named = [f"{entry.id!r} ({n} examples where {entry.condition}): {entry.explanation}" for entry, n in entries]
+            named = [f"{entry.id!r} ({n} examples where {entry.condition}, within its bound {entry.bound.text}): "
+                     f"{entry.explanation}" for entry, n in entries]
             result.reason = (f"ledger {'entry' if len(named) == 1 else 'entries'} {' '.join(named)} "
                              f"First seen here: {self.deviated[0].reason}")
             result.sections = list(dict.fromkeys(f"{self.spec.component} §{s}" for entry, _ in entries

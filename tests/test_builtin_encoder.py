@@ -232,7 +232,8 @@ def test_the_ledger_entry_covers_no_other_path(block_spec):
     """The fast and ordinary paths compute padded positions as §6 asks: an entry for them would be stale."""
     example = _example(seed=2)
     for name in (FAST, ORDINARY):
-        stale = deviations.Deviation("x", name, "encoder_block", "padded_position", ("6",), "zeros")
+        stale = deviations.Deviation("x", name, "encoder_block", "padded_position", ("6",), "zeros",
+                                        deviations.Bound(deviations.BoundKind.REGION))
         cell = run_cell(block_spec, resolve("encoder_block", name), "float64", "cpu", example=example, ledger=[stale],
                         shrink=False)
         assert cell.verdict == "non-conformant" and "ledger entry 'x' is stale" in cell.reason

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conformance import conditions, deviations, generate
-from conformance.deviations import Deviation, LedgerError
+from conformance.deviations import Bound, BoundKind, Deviation, LedgerError
 from conformance.engine import ConfigUnsupported, NonConformance, Outcome, Runner, run_cell
 from conformance.registry import resolve
 
@@ -112,7 +112,7 @@ def test_an_entry_narrows_it_does_not_skip(mha_spec, monkeypatch):
 def test_stale_entry_is_reported(mha_spec):
     """An entry against our own implementation, which follows §7.4: the entry is stale."""
     stale = Deviation("our-torch-nan", "torch", "mha", "fully_masked_query_row", ("7.4",),
-                      "pretends our layer gives NaN on fully masked rows")
+                      "pretends our layer gives NaN on fully masked rows", Bound(BoundKind.REGION))
     cell = run_cell(mha_spec, resolve("mha", "torch"), "float64", "cpu", max_examples=8, ledger=[stale], shrink=False)
     assert cell.verdict == "non-conformant"
     assert "ledger entry 'our-torch-nan' is stale" in cell.reason
@@ -133,12 +133,14 @@ def test_scope_fields_narrow_an_entry_to_some_cells():
 def test_entry_is_stale_only_when_no_covered_example_deviates(mha_spec):
     """A dtype-wide entry against our own conformant implementation: stale. The same entry against a layer
     that deviates on some covered examples and not on others: a known deviation, the rest checked."""
-    always = Deviation("our-numpy-always", "numpy", "mha", "always", ("9",), "pretends every example is off")
+    always = Deviation("our-numpy-always", "numpy", "mha", "always", ("9",), "pretends every example is off",
+                       Bound(BoundKind.DTYPE, "float32"))
     cell = run_cell(mha_spec, resolve("mha", "numpy"), "float64", "cpu", max_examples=4, ledger=[always],
                     shrink=False)
     assert cell.verdict == "non-conformant" and "'our-numpy-always' is stale" in cell.reason
     assert cell.counterexample is not None
-    masked = Deviation("mha-nan", "torch.nn.MultiheadAttention", "mha", "always", ("7.4",), "NaN rows")
+    masked = Deviation("mha-nan", "torch.nn.MultiheadAttention", "mha", "fully_masked_query_row", ("7.4",),
+                       "NaN rows", Bound(BoundKind.REGION))
     cell = run_cell(mha_spec, resolve("mha", "torch.nn.MultiheadAttention"), "float64", "cpu", max_examples=16,
                     ledger=[masked])
     assert cell.verdict == "known-deviation" and cell.examples > 0 and cell.known_deviations > 0
@@ -153,12 +155,12 @@ def test_condition_fully_masked_query_row():
 
 
 GOOD = {"id": "x", "implementation": "torch", "component": "mha", "condition": "fully_masked_query_row",
-        "sections": ["7.4"], "explanation": "because"}
+        "sections": ["7.4"], "explanation": "because", "bound": "region"}
 
 
 @pytest.mark.parametrize("change, message", [
     ({"sectoins": ["7.4"]}, "entry 'x': unknown fields sectoins; required: id, implementation, component, "
-                            "condition, sections, explanation; optional: reference, seen_on, dtypes, backends, "
+                            "condition, sections, explanation, bound; optional: reference, seen_on, dtypes, backends, "
                             "devices, modes"),
     ({"explanation": None}, "entry 'x': missing fields explanation; required: id"),
     ({"condition": 3}, "entry 'x': condition has the wrong type"),  # a name its spec lacks: tests/test_usage_errors.py
@@ -167,6 +169,11 @@ GOOD = {"id": "x", "implementation": "torch", "component": "mha", "condition": "
                               "float16, bfloat16"),
     ({"backends": "jax"}, "entry 'x': backends has jax; it is a non-empty list of: tensorflow, torch, jax"),
     ({"modes": []}, "entry 'x': modes has (empty list); it is a non-empty list of: eager, compiled"),
+    ({"bound": None}, "entry 'x': missing fields bound"),
+    ({"bound": "float64"}, "entry 'x': bound is 'float64'; it is \"region\", a dtype (\"float32\"), a number of eps"),
+    ({"bound": "-3 eps"}, "entry 'x': bound is '-3 eps'; it is"),
+    ({"bound": "like"}, "entry 'x': bound is 'like'; it is"),
+    ({"bound": 3}, "entry 'x': bound is 3; it is"),
 ])
 def test_bad_entry_names_itself_and_the_valid_fields(change, message):
     entry = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
@@ -194,10 +201,10 @@ def test_declared_outputs_must_be_spec_outputs(mha_spec):
 @pytest.mark.parametrize("text, message", [
     ("[[deviation]\n", "is not valid TOML"),
     ('[[deviation]]\nid = "x"\nimplementation = "torch.nn.MultiHeadAttention"\ncomponent = "mha"\n'
-     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\n',
+     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\nbound = "float32"\n',
      "ledger entry 'x': mha has no implementation 'torch.nn.MultiHeadAttention'; registered: "),
     ('[[deviation]]\nid = "x"\nimplementation = "torch"\ncomponent = "attention"\n'
-     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\n',
+     'condition = "always"\nsections = ["7.4"]\nexplanation = "e"\nbound = "float32"\n',
      "ledger entry 'x': unknown component 'attention'; known: "),
     (None, "no ledger file"),
 ])

@@ -57,21 +57,34 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
     """§5: embedding, the stack of blocks sharing one padding mask, pooling, head; §6: no dropout."""
+    return _classify(config, weights, inputs, diagnostics, pool_padding=False)
+
+
+def pooled_over_every_position(config: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+                               inputs: Mapping[str, Any], diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """What a model gives whose pooling reads the padded positions too, against §5.3 (the blocks still mask
+    them): the bound of the ledger's entries for such models."""
+    return _classify(config, weights, inputs, diagnostics, pool_padding=True)
+
+
+def _classify(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+              diagnostics: dict | None, pool_padding: bool) -> dict[str, np.ndarray]:
     tokens = np.asarray(inputs["tokens"])  # (B, T)
     embedded = embedding.forward(embedding_config(config), weights, {"tokens": tokens})
     x, real = embedded["x"], embedded["padding_mask"]  # (B, T, d_model), (B, T): True = a real token
+    pooled_over = np.ones_like(real) if pool_padding else real
     score_scale = 0.0
     for layer in range(config["num_layers"]):  # §5.2: every block gets the same mask; positions were added once
         # §7: each block's magnitudes start from its own input, as encoder_block §8 has them for a block alone
         x, _, x_mag, scale = encoder_block.block(block_config(config), block_weights(weights, layer), x, np.abs(x),
                                                  real)
         score_scale = max(score_scale, scale)
-    pooled = pool(x, real, config["pooling"])  # (B, d_model)
+    pooled = pool(x, pooled_over, config["pooling"])  # (B, d_model)
     z = pooled @ weights["W_c"] + weights["b_c"]  # (B, num_classes), §5.4
     y = sigmoid(z) if config["head"] == "sigmoid" else z
 
     if diagnostics is not None:  # §7: the last block's magnitudes through the pooling and the head
-        pooled_mag = pool(x_mag, real, config["pooling"])  # (B, d_model)
+        pooled_mag = pool(x_mag, pooled_over, config["pooling"])  # (B, d_model)
         diagnostics["score_scale"] = score_scale
         diagnostics["pooled_scale"] = float(pooled_mag.max())
         diagnostics["y_scale"] = float((pooled_mag @ np.abs(weights["W_c"]) + np.abs(weights["b_c"])).max())
