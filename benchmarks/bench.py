@@ -269,6 +269,34 @@ def bench_first_failure(args: argparse.Namespace) -> None:
                              "per_mistake": found})
 
 
+def bench_headroom(args: argparse.Namespace) -> None:
+    """Each budget's headroom: the largest error / budget of correct implementations (ours in NumPy and PyTorch,
+    and the frameworks' layers those results hold) per component, output and dtype, over `--examples` examples
+    a cell, eager on the CPU; prints the Markdown table spec/README.md, "Headroom", shows."""
+    results = Path(args.results) if args.results else Path(tempfile.mkdtemp()) / "headroom.json"
+    if not args.results:
+        subprocess.run(conformance("run", "--framework", "numpy", "--framework", "torch", "--device", "cpu",
+                                   "--mode", "eager", "--examples", str(args.examples), "--no-shrink", "-o",
+                                   str(results)), check=True, stdout=subprocess.DEVNULL)
+    table: dict[tuple[str, str, str], tuple[float, str]] = {}
+    for cell in cells(results):
+        if cell["verdict"] not in ("conformant", "known-deviation"):
+            continue
+        for output, ratio in (cell.get("output_ratio") or {}).items():
+            key = (cell["component"], output, cell["dtype"])
+            if ratio >= table.get(key, (-1.0, ""))[0]:
+                table[key] = (ratio, cell["implementation"])
+    dtypes = ("float64", "float32", "float16", "bfloat16")
+    rows = sorted({(c, o) for c, o, _ in table})
+    print("| component | output | " + " | ".join(dtypes) + " |")
+    print("|---|---|" + "---|" * len(dtypes))
+    for c, o in rows:
+        shown = [f"{table[(c, o, d)][0]:.3g} ({table[(c, o, d)][1]})" if (c, o, d) in table else "-" for d in dtypes]
+        print(f"| {c} | `{o}` | " + " | ".join(shown) + " |")
+    record("headroom", {"examples": args.examples, "results": str(results),
+                        "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()}})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="benchmark", required=True)
@@ -296,6 +324,10 @@ def main() -> None:
     first = sub.add_parser("first-failure")
     first.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 for each wrong implementation")
     first.set_defaults(func=bench_first_failure)
+    headroom = sub.add_parser("headroom")
+    headroom.add_argument("--examples", type=int, default=1000)
+    headroom.add_argument("--results", help="a results file to tabulate instead of a new run")
+    headroom.set_defaults(func=bench_headroom)
     args = p.parse_args()
     args.func(args)
 

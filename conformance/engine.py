@@ -67,6 +67,11 @@ def keep_hypothesis_files_out_of_the_working_folder() -> None:
 #: compiles each operation of the call (mha in float32 on a 2-core CPU: 22 XLA programs, 0.6 s a shape,
 #: against 0.2 s under jax.jit), which argues for no more.
 COMPILED_SHAPES = 4
+#: A region of the spec's sensitivity table gets this fraction of a stratum's examples, and at least
+#: REGION_EXAMPLES (hypothesis tries the plainest example first), in each stratum that reaches it: its
+#: settings are fixed, so few examples find it; the strata's own searches keep their whole share.
+REGION_SHARE = 4
+REGION_EXAMPLES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
 
@@ -85,6 +90,16 @@ Progress = Callable[[Event, dict[str, Any]], None]
 
 class ConfigUnsupported(Exception):
     """An example whose layer config the implementation says it cannot express (`supports`)."""
+
+
+class OutOfRange(ConfigUnsupported):
+    """An example whose values the cell's dtype cannot hold (spec/README.md, "Which values a cell reaches"):
+    skipped and counted like an unsupported config, with the reason."""
+
+
+#: An example is out of a dtype's range when a value its budgets scale by exceeds the dtype's largest finite
+#: number divided by this: room for the sums and products a correct implementation forms on the way.
+RANGE_HEADROOM = 64.0
 
 
 class KnownDeviation(Exception):
@@ -286,6 +301,9 @@ class Runner:
         self.ledger = deviations.entries_for(list(ledger), spec.component, impl.label, dtype=dtype,
                                              backend=impl.backend(), device=device, mode=mode)
         self.reference = reference_forward(spec.component)
+        # the diagnostics the budget table names, which bound the values a correct implementation handles
+        self.range_names = sorted({n for scale, growth in spec.budgets.values() for n in names_in(scale) | names_in(growth)}
+                                  - set(spec.params) - set(spec.magnitudes()) - set(DTYPE_CONSTANTS))
         self._instances: dict[tuple, Any] = {}
         self.shapes_seen: set[tuple] = set()
         self.compile_seconds = 0.0
@@ -328,7 +346,7 @@ class Runner:
         The bounds are tried one entry at a time, then all the covering entries together; the first that
         holds the example names the entries it counts for. Beyond every one, the example is non-conformant.
         """
-        covering = [d for d in self.ledger if d.matches(example, inputs)]
+        covering = [d for d in self.ledger if d.matches(example, inputs) and self.models_a_change(d, example, weights, inputs)]
         if not covering:
             return self.check(config, example, weights, inputs)
         try:
@@ -355,6 +373,26 @@ class Runner:
             self.conformed_under.setdefault(entry.id, (entry, dict(example)))
         return outcome
 
+    def models_a_change(self, entry: Deviation, example: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+                        inputs: Mapping[str, Any]) -> bool:
+        """Whether the entry can cover the example: an entry that models its deviation (`like NAME`) covers only
+        the examples where the model departs from the spec beyond the budget, so that one whose deviation is rare
+        (a finite mask fill, past scores of 1e9) is not stale on a cell that never reaches it."""
+        if entry.bound.kind != deviations.BoundKind.LIKE:
+            return True
+        leeway = Leeway.of([entry], self, example, weights, inputs)
+        with np.errstate(over="ignore"):
+            rounded = {k: generate.cast(v, self.dtype) for k, v in (("w", weights), ("i", inputs))}
+        reference = self.reference(example, generate.cast(rounded["w"], "float64"), generate.cast(rounded["i"], "float64"))
+        env = {**example, **leeway.diagnostics, **dtype_constants(self.dtype)}
+        for name, budget in self.spec.budgets.items():
+            try:
+                check_within_budget(self.spec.outputs[name], np.asarray(leeway.reference[name]), reference[name],
+                                    self.dtype, budget, env)
+            except NonConformance:
+                return True
+        return False
+
     def stale_entries(self, deviated: set[str]) -> list[tuple[Deviation, dict[str, Any]]]:
         """Entries that covered examples of the cell, none of which deviated: (entry, an example)."""
         return [v for k, v in self.conformed_under.items() if k not in deviated]
@@ -362,12 +400,16 @@ class Runner:
     def check(self, config: Mapping[str, Any], example: Mapping[str, Any],
               weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
         """Run the candidate on the example and judge its outputs against the reference."""
-        weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
+        with np.errstate(over="ignore"):  # a value beyond the dtype's range rounds to inf: check_range says so
+            weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
+        self.last = {"weights": weights, "inputs": inputs, "reference": None, "outputs": None, "diagnostics": {}}
+        self.check_range(weights, inputs, {})
         diagnostics: dict[str, float] = {}
         reference = self.reference(example, generate.cast(weights, "float64"),
                                    generate.cast(inputs, "float64"), diagnostics=diagnostics)
         self.last = {"weights": weights, "inputs": inputs, "reference": reference, "outputs": None,
                      "diagnostics": diagnostics}
+        self.check_range(weights, inputs, diagnostics)
         instance = self.instance(config)
         shapes = (tuple(sorted(config.items())),
                   tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
@@ -387,6 +429,37 @@ class Runner:
         self.last["outputs"] = named_outputs(got, self.outputs)
         return self.judge(example, inputs)
 
+    def targets(self, example: Mapping[str, Any]) -> dict[str, float]:
+        """The spec's sensitivity targets (its `constant` table) on the example `check` ran last: quantities
+        that rise towards the regions where a changed constant shows, for the search to drive upwards."""
+        env = {**example, **self.last.get("diagnostics", {}), **dtype_constants(self.dtype)}
+        found = {}
+        for expr in dict.fromkeys(s.target for s in self.spec.sensitivity.values() if s.target):
+            value = float(evaluate(expr, env))
+            if math.isfinite(value):
+                found[f"sensitivity: {expr}"] = value
+        return found
+
+    def check_range(self, weights: Mapping[str, Any], inputs: Mapping[str, Any],
+                    diagnostics: Mapping[str, Any]) -> None:
+        """OutOfRange when the example's values, rounded to the cell's dtype, overflow it, or a value its
+        budgets scale by exceeds the dtype's largest number over RANGE_HEADROOM."""
+        limit = float(finfo(self.dtype).max) / RANGE_HEADROOM
+        for group in (weights, inputs):
+            for name, value in group.items():
+                if isinstance(value, np.ndarray) and generate.is_float(value.dtype) and not np.all(np.isfinite(value)):
+                    raise OutOfRange(f"example outside {self.dtype}'s range: {name} overflows it")
+        for name in [*self.range_names, *(n for n in diagnostics if n.startswith("largest_"))]:
+            value = diagnostics.get(name)
+            if isinstance(value, float) and not abs(value) <= limit:
+                raise OutOfRange(f"example outside {self.dtype}'s range: {name} = {value:.3g}, above "
+                                 f"{limit:.3g} (its largest number / {RANGE_HEADROOM:g})")
+        tiny = float(finfo(self.dtype).tiny)
+        for name, value in diagnostics.items():  # a value a correct implementation computes below the normal range
+            if name.startswith("least_") and isinstance(value, float) and 0 < value < tiny:
+                raise OutOfRange(f"example outside {self.dtype}'s range: {name} = {value:.3g}, below its "
+                                 f"smallest normal number {tiny:.3g}")
+
     def judge(self, example: Mapping[str, Any], inputs: Mapping[str, Any], leeway: "Leeway | None" = None) -> Outcome:
         """Check each output of `self.last` by the rules of its row, the float ones against their budgets;
         `leeway`: as far as ledger entries let the example deviate."""
@@ -394,7 +467,7 @@ class Runner:
         diagnostics = self.last["diagnostics"]
         if leeway is not None and leeway.reference is not None:
             reference, diagnostics = leeway.reference, leeway.diagnostics
-        env = {**example, **diagnostics}
+        env = {**example, **diagnostics, **dtype_constants(self.dtype)}
         errors, budgets, tolerance = {}, {}, {}
         # float outputs first: a greedy comparison needs its logits' tolerance
         compared = [o for o in self.spec.outputs.values() if o.name in self.outputs]
@@ -502,20 +575,21 @@ def check_within_budget(out: Tensor, value: np.ndarray, reference: np.ndarray, d
     in place of the budget (`allowed_eps`)."""
     scale_expr, growth_expr = budget
     dtype = measure or dtype
-    scale = float(evaluate(scale_expr, env))
-    error = tolerances.error_in_eps(value, reference, dtype, scale)
+    scale = np.asarray(evaluate(scale_expr, env), dtype=np.float64)  # one number, or one per element
+    ratios = tolerances.errors_in_eps(value, reference, dtype, scale)
+    error = float(np.max(ratios)) if ratios.size else 0.0
     allowed = tolerances.K[dtype] * float(evaluate(growth_expr, env))
     if allowed_eps is not None:
         allowed = max(allowed, allowed_eps)
     if not error <= allowed:
-        worst = _worst_index(value, reference)
-        with np.errstate(invalid="ignore"):  # inf - inf: a non-finite element counts as over
-            over = ~(np.abs(value.astype(np.float64) - reference) <= allowed * tolerances.EPS[dtype] * scale)
+        over = ~(ratios <= allowed)  # NaN counts as over
+        key = np.where(np.isnan(ratios), np.inf, ratios)
+        worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(key)), key.shape))
         raise NonConformance(f"output {out.name!r} differs from the reference by {error:.4g} eps"
                              f"{'' if measure is None else f' of {measure}'}, "
                              f"budget {allowed:.4g} eps (at index {worst}: got {value[worst]!r}, reference "
                              f"{reference[worst]!r})", out.sections, out.name, index=worst, bad=over, narrow=True)
-    return error, allowed, allowed * tolerances.EPS[dtype] * scale
+    return error, allowed, allowed * tolerances.EPS[dtype] * float(np.max(scale, initial=0.0))
 
 
 def check_tokens(out: Tensor, value: np.ndarray, reference: np.ndarray, diagnostics: Mapping[str, Any],
@@ -538,9 +612,27 @@ def check_tokens(out: Tensor, value: np.ndarray, reference: np.ndarray, diagnost
                              f"reference {reference[idx]}", out.sections, out.name, index=idx, bad=differs, narrow=True)
 
 
-def _worst_index(candidate: np.ndarray, reference: np.ndarray) -> tuple[int, ...]:
-    diff = np.abs(candidate.astype(np.float64) - reference)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+#: The names the harness adds to a budget expression's environment: the cell dtype's machine epsilon and its
+#: smallest normal number (spec/README.md, "Error budgets").
+DTYPE_CONSTANTS = ("eps", "tiny")
+
+
+def dtype_constants(dtype: str) -> dict[str, float]:
+    return {"eps": tolerances.EPS[dtype], "tiny": float(finfo(dtype).tiny)}
+
+
+def finfo(dtype: str) -> Any:
+    import ml_dtypes
+
+    return ml_dtypes.finfo(numpy_dtype(dtype))
+
+
+def names_in(expr: str) -> set[str]:
+    """The names a spec expression reads."""
+    import ast
+
+    return {n.id for n in ast.walk(ast.parse(expr.strip(), mode="eval")) if isinstance(n, ast.Name)} - {
+        "sqrt", "log", "max", "min"}
 
 
 def _describe_exception(e: BaseException) -> str:
@@ -745,18 +837,29 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
     phases = [Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
     strata = generate.strata(spec)
     per_stratum = max(1, math.ceil(max_examples / len(strata)))
+    per_region = max(REGION_EXAMPLES, per_stratum // REGION_SHARE)
     rng = np.random.default_rng(seed)
+    # each stratum on its own, then each again within each region of the spec's sensitivity table that it reaches
+    searches = [(i, fixed, per_stratum) for i, fixed in enumerate(strata)] + [
+        (i, {**fixed, **region}, per_region) for region in generate.regions(spec) for i, fixed in enumerate(strata)
+        if all(fixed.get(k, v) == v for k, v in region.items())]
+    pools: dict[int, list[dict[str, Any]]] = {}  # where shapes compile: each stratum's shapes, its regions' too
 
-    for fixed in strata:
+    for index, (stratum, fixed, count) in enumerate(searches):
+        # each region search draws with a seed of its own: with the cell's, every stratum would repeat the same
+        # few draws, and a region needs its few to differ
+        search_seed = seed if index < len(strata) else seed * 7919 + index
         groups = None
         if runner.pooled:
-            groups = generate.shape_groups(spec, fixed, max(1, COMPILED_SHAPES // len(strata)), rng)
+            if stratum not in pools:
+                pools[stratum] = generate.shape_groups(spec, strata[stratum], max(1, COMPILED_SHAPES // len(strata)), rng)
+            groups = pools[stratum]
         failure: list[tuple[dict[str, Any], NonConformance, dict[str, Any]]] = []
 
-        @settings(max_examples=per_stratum, deadline=None, database=None, phases=phases,
+        @settings(max_examples=count, deadline=None, database=None, phases=phases,
                   suppress_health_check=list(HealthCheck), report_multiple_bugs=False,
                   verbosity=Verbosity.quiet)
-        @hypothesis_seed(seed)
+        @hypothesis_seed(search_seed)
         @given(generate.examples(spec, fixed, groups=groups))
         def search(ex: dict[str, Any]) -> None:
             try:
@@ -768,6 +871,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
                 raise
             if isinstance(outcome, Outcome):
                 target(outcome.ratio, label="error/budget")
+                for label, value in runner.targets(ex).items():
+                    target(value, label=label)
             elif outcome == "skipped":
                 reject()  # not counted towards max_examples: hypothesis draws another in its place
 

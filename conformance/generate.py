@@ -1,7 +1,8 @@
 """Examples: what hypothesis draws, and the arrays NumPy's generator makes from it.
 
 An example is a flat dict of every spec parameter plus `seed` (for NumPy's
-generator) and `scale_exp` (float inputs have standard deviation 10**scale_exp).
+generator) and the magnitude parameters (`Spec.magnitudes`: float inputs have
+standard deviation 10**scale_exp, weights their row's times 10**weight_exp).
 Hypothesis draws only these few numbers; the arrays come from the seed, which
 keeps drawing fast and a shrunk example short enough to paste into a command.
 """
@@ -15,11 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.spec import Param, Spec, evaluate
+from conformance.spec import MAGNITUDES, Param, Spec, evaluate
 from conformance.vocabulary import numpy_dtype, UsageError
 
-#: Orders of magnitude of float inputs, plainest first (hypothesis shrinks towards it).
-SCALE_EXPONENTS = (0, -1, 1, -2, -3)
+#: Orders of magnitude of float inputs where a spec gives none, plainest first (hypothesis shrinks towards it).
+SCALE_EXPONENTS = MAGNITUDES["scale_exp"]
 #: The seeds an example may have (NumPy's generator takes any of them).
 SEEDS = range(0, 2**32)
 
@@ -36,40 +37,49 @@ def strata(spec: Spec) -> list[dict[str, Any]]:
     Each combination is searched on its own with its share of the examples, so
     a rarely drawn category (one mask pattern, one activation) is never left out.
     """
-    categorical = [p for p in spec.params.values()
+    categorical = [p for p in spec.shape_params
                    if not isinstance(p.domain, range) and all(isinstance(v, (str, bool)) for v in p.domain)]
     return [dict(zip((p.name for p in categorical), values))
             for values in itertools.product(*(p.domain for p in categorical))]
 
 
+def regions(spec: Spec) -> list[dict[str, Any]]:
+    """The magnitude settings the spec's sensitivity table says reach a region where a changed constant shows
+    (its `reached by` column), each once: every cell searches each within every stratum."""
+    found = {setting: None for s in spec.sensitivity.values() for setting in s.reached_by}
+    return [dict(r) for r in found]
+
+
 def examples(spec: Spec, fixed: Mapping[str, Any] | None = None,
              groups: list[dict[str, Any]] | None = None) -> st.SearchStrategy[dict[str, Any]]:
-    """Examples with the `fixed` parameters as given; with `groups`, every parameter comes from one of them.
+    """Examples with the `fixed` parameters as given; with `groups`, every layer and data parameter comes
+    from one of them.
 
-    Only `scale_exp` and `seed` vary within a group: the input shapes stay those
+    Only the magnitudes and `seed` vary within a group: the input shapes stay those
     of the group, so an implementation that compiles per shape compiles once per group.
     """
     fixed = fixed or {}
     if groups is not None:
         fields = {"group": st.sampled_from(groups)}
     else:
-        fields = {name: st.just(fixed[name]) if name in fixed else domain_strategy(p)
-                  for name, p in spec.params.items()}
-    fields["scale_exp"] = st.sampled_from(SCALE_EXPONENTS)
+        fields = {p.name: st.just(fixed[p.name]) if p.name in fixed else domain_strategy(p)
+                  for p in spec.shape_params}
+    for name, domain in spec.magnitudes().items():
+        fields[name] = st.just(fixed[name]) if name in fixed else st.sampled_from(domain)
     fields["seed"] = st.integers(SEEDS.start, SEEDS.stop - 1)
     drawn = st.fixed_dictionaries(fields)
     if groups is None:
         return drawn
-    return drawn.map(lambda d: {**d["group"], "scale_exp": d["scale_exp"], "seed": d["seed"]})
+    return drawn.map(lambda d: {**d["group"], **{k: v for k, v in d.items() if k != "group"}})
 
 
 def shape_groups(spec: Spec, fixed: Mapping[str, Any], count: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """`count` settings of every spec parameter, uniform over their domains, with `fixed` as given."""
+    """`count` settings of every layer and data parameter, uniform over their domains, with `fixed` as given."""
     def draw(param: Param) -> Any:
         domain = list(param.domain)
         return domain[int(rng.integers(len(domain)))]
 
-    return [{name: fixed[name] if name in fixed else draw(p) for name, p in spec.params.items()}
+    return [{p.name: fixed[p.name] if p.name in fixed else draw(p) for p in spec.shape_params}
             for _ in range(count)]
 
 
@@ -94,7 +104,9 @@ def _mask(pattern: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.
 def make_arrays(spec: Spec, example: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Float64 weights and inputs for one example, made by NumPy from its seed."""
     rng = np.random.default_rng(example["seed"])
-    weights = {name: rng.normal(0.0, std, shape) for name, (shape, std) in spec.weight_shapes(example).items()}
+    gain = 10.0 ** example.get("weight_exp", 0)
+    weights = {name: rng.normal(0.0, std * gain, shape)
+               for name, (shape, std) in spec.weight_shapes(example).items()}
     scale = 10.0 ** example["scale_exp"]
     inputs: dict[str, Any] = {}
     for t in spec.inputs.values():
@@ -142,8 +154,8 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 def parse_example(spec: Spec, text: str) -> dict[str, Any]:
-    """--example as JSON: exactly the spec's parameters, `seed` and `scale_exp`, each in its domain."""
-    valid = [*spec.params, "scale_exp", "seed"]
+    """--example as JSON: exactly the spec's parameters, its magnitudes and `seed`, each in its domain."""
+    valid = list(dict.fromkeys([*spec.params, *spec.magnitudes(), "seed"]))
     try:
         example = json.loads(text)
     except json.JSONDecodeError as e:
@@ -161,7 +173,7 @@ def parse_example(spec: Spec, text: str) -> dict[str, Any]:
         raise UsageError(f"--example has unknown keys {', '.join(unknown)}; {spec.component} takes "
                          f"{', '.join(valid)}")
     domains: dict[str, Any] = {name: p.domain for name, p in spec.params.items()}
-    domains["scale_exp"], domains["seed"] = SCALE_EXPONENTS, SEEDS
+    domains.update(spec.magnitudes(), seed=SEEDS)
     for name, domain in domains.items():
         value = example[name]
         if isinstance(domain, range):

@@ -31,10 +31,16 @@ class SpecError(Exception):
         super().__init__(f"{where}: {message}")
 
 
+#: The magnitude parameters the harness knows (spec/README.md, "Parameters"), with the default domain of
+#: each: float inputs have standard deviation 10**scale_exp, and every weight's standard deviation is its
+#: row's times 10**weight_exp. Plainest first: hypothesis shrinks towards it.
+MAGNITUDES: dict[str, tuple[int, ...]] = {"scale_exp": (0, -1, 1, -2, -3), "weight_exp": (0,)}
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
-    role: str  # "layer" or "data"
+    role: str  # "layer", "data" or "magnitude" (how the harness draws values: no shape depends on it)
     domain: tuple[Any, ...] | range
     sections: tuple[str, ...]
 
@@ -55,6 +61,19 @@ class Tensor:
     @property
     def shape(self) -> tuple[str, ...]:
         return self.shapes[""]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """A constant or convention the spec fixes, where in the domain a change of it shows (`constant` table),
+    and optionally a quantity over the reference's diagnostics the search drives upwards, towards there."""
+
+    name: str
+    sections: tuple[str, ...]
+    region: str
+    target: str | None = None
+    # the settings of magnitude parameters that reach the region, each a tuple of (name, value); () = any draw
+    reached_by: tuple[tuple[tuple[str, Any], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,10 +113,22 @@ class Spec:
     budgets: dict[str, tuple[str, str]]  # output -> (scale, growth) expressions
     examples: list[Example] = field(default_factory=list)
     conditions: dict[str, Condition] = field(default_factory=dict)  # the optional `condition` table
+    sensitivity: dict[str, Sensitivity] = field(default_factory=dict)  # the optional `constant` table
 
     @property
     def layer_params(self) -> list[str]:
         return [p.name for p in self.params.values() if p.role == "layer"]
+
+    def magnitudes(self) -> dict[str, tuple[Any, ...]]:
+        """The magnitude parameters every example has, each with its domain: those the spec's parameter
+        table declares (role `magnitude`), and `scale_exp` with the harness's default domain if it does not."""
+        declared = {p.name: tuple(p.domain) for p in self.params.values() if p.role == "magnitude"}
+        return {"scale_exp": MAGNITUDES["scale_exp"], **declared}
+
+    @property
+    def shape_params(self) -> list["Param"]:
+        """The layer and data parameters: what a new value of may change a shape or a code path."""
+        return [p for p in self.params.values() if p.role != "magnitude"]
 
     def normative_sections(self) -> list[str]:
         return [n for n in self.sections if not any(
@@ -173,6 +204,41 @@ def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
 
 
 # --- parsing ------------------------------------------------------------------
+
+def _assignments(text: str, spec: "Spec") -> tuple[tuple[tuple[str, Any], ...], ...]:
+    """`scale_exp = 3 or scale_exp = 5, norm = post`: settings of magnitude parameters, and optionally of
+    categorical ones (sets of words) to say which strata reach the region, each a value of its domain."""
+    return tuple(_assignment(alternative, spec) for alternative in text.split(" or ") if alternative.strip())
+
+
+def _assignment(text: str, spec: "Spec") -> tuple[tuple[str, Any], ...]:
+    found = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = (w.strip() for w in part.partition("="))
+        words = {p.name: tuple(p.domain) for p in spec.shape_params
+                 if not isinstance(p.domain, range) and all(isinstance(v, str) for v in p.domain)}
+        domain = spec.magnitudes().get(name, words.get(name))
+        if domain is None:
+            raise ValueError(f"reached by {part!r}: {name!r} is not a magnitude parameter or one of words; valid: "
+                             f"{', '.join([*spec.magnitudes(), *words])}")
+        number = float(value) if re.fullmatch(r"-?\d+(\.\d+)?", value) else None
+        chosen = [v for v in domain if v == (value if name in words else number)]
+        if not chosen:
+            raise ValueError(f"reached by {part!r}: {value!r} is not in the domain of {name}: "
+                             f"{', '.join(map(str, domain))}")
+        found.append((name, chosen[0]))
+    return tuple(found)
+
+
+class _AnyName(dict):
+    """An environment in which every name is 1.0: to check an expression's form before its names are known."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __missing__(self, key: str) -> float:
+        return 1.0
+
 
 _HEADING = re.compile(r"^(#{2,3})\s+(\d+(?:\.\d+)?)\.?\s+(.*?)\s*$")
 _TITLE = re.compile(r"^#\s+(.*?)\s*\(component\s+`([a-z0-9_]+)`\)\s*$")
@@ -282,7 +348,8 @@ def load_spec(path: Path | str) -> Spec:
     spec = Spec(component=path.stem, title=title_match[1], path=path, sections=sections,
                 informative=informative, params={}, weights={}, inputs={}, outputs={}, budgets={})
     kinds = {"parameter": spec.params, "weight": spec.weights, "input": spec.inputs,
-             "output": spec.outputs, "budget": spec.budgets, "condition": spec.conditions}
+             "output": spec.outputs, "budget": spec.budgets, "condition": spec.conditions,
+             "constant": spec.sensitivity}
     for section, header, rows in _tables(lines):
         if header[0] not in kinds:
             continue
@@ -298,7 +365,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, section, f"{header[0]} {name!r}: {e}") from None
 
     for kind, table in kinds.items():
-        if not table and kind != "condition":
+        if not table and kind not in ("condition", "constant"):
             raise SpecError(path, "", f"no table with first column {kind!r}")
     for output in spec.outputs.values():
         if output.dtype == "float" and output.name not in spec.budgets:
@@ -309,7 +376,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
                                           "which is not a float output")
     for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values(),
-                *spec.conditions.values()]:
+                *spec.conditions.values(), *spec.sensitivity.values()]:
         for s in row.sections:
             if s not in sections:
                 raise SpecError(path, "", f"{row.name!r} names section {s}, which does not exist")
@@ -323,8 +390,11 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
     kind = header[0]
     if kind == "parameter":
         role = _cell(col("role"))
-        if role not in ("layer", "data"):
-            raise ValueError(f"role {role!r} is not 'layer' or 'data'")
+        if role not in ("layer", "data", "magnitude"):
+            raise ValueError(f"role {role!r} is not 'layer', 'data' or 'magnitude'")
+        if role == "magnitude" and name not in MAGNITUDES:
+            raise ValueError(f"magnitude parameter {name!r} is not one the harness draws; valid: "
+                             f"{', '.join(MAGNITUDES)}")
         spec.params[name] = Param(name, role, _domain(col("domain")), _sections(col("sections")))
     elif kind == "weight":
         repeat = None
@@ -358,6 +428,13 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
             raise ValueError("a condition's name is a Python identifier, the name of a function of the reference "
                              "module, and not 'always' (every ledger entry may name that)")
         spec.conditions[name] = Condition(name, _sections(col("sections")), col("meaning"))
+    elif kind == "constant":
+        target = _cell(col("target")) if "target" in header else ""
+        if target:
+            evaluate(target, _AnyName())  # the expression's form; its names are the reference's diagnostics
+        reached = col("reached by").replace("`", "") if "reached by" in header else ""
+        spec.sensitivity[name] = Sensitivity(name, _sections(col("sections")), col("region"), target or None,
+                                             _assignments(reached, spec))
 
 
 def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
@@ -377,7 +454,7 @@ def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
         if unknown:
             raise SpecError(path, section, f"worked example {example.name!r} names section {', '.join(unknown)}, "
                                            "which does not exist")
-        missing = [p for p in spec.params if p not in example.config]
+        missing = [p.name for p in spec.shape_params if p.name not in example.config]
         if missing:
             raise SpecError(path, section, f"worked example {example.name!r} lacks parameters {missing}")
         examples.append(example)

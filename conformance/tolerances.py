@@ -20,15 +20,24 @@ EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16"
 K = {"float64": 3.0, "float32": 3.0, "float16": 3.0, "bfloat16": 3.0}
 
 
-def error_in_eps(candidate: np.ndarray, reference: np.ndarray, dtype: str, scale: float) -> float:
-    """max|candidate - reference| / (eps(dtype) * scale), in float64.
+def errors_in_eps(candidate: np.ndarray, reference: np.ndarray, dtype: str, scale: float | np.ndarray) -> np.ndarray:
+    """|candidate - reference| / (eps(dtype) * scale) per element, in float64.
 
-    `scale` is the output's magnitude from the spec's budget table. 0 when the
-    two agree exactly, infinite when they differ and the scale is 0.
+    `scale` is the output's magnitude from the spec's budget table: one number, or an array that
+    broadcasts to the output (a scale per element, such as each attention weight's own size). An
+    element is 0 where the two agree exactly, infinite where they differ and its scale is 0, NaN
+    where either is NaN.
     """
     c = np.asarray(candidate, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
-    diff = float(np.max(np.abs(c - r))) if r.size else 0.0
-    if scale == 0.0:
-        return 0.0 if diff == 0.0 else float("inf")
-    return diff / (EPS[dtype] * scale)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN: a non-finite element is never within
+        diff = np.abs(c - r)
+        size = np.broadcast_to(np.asarray(scale, dtype=np.float64), diff.shape) * EPS[dtype]
+        with np.errstate(divide="ignore"):
+            return np.where(size > 0, diff / np.where(size > 0, size, 1.0), np.where(diff == 0, 0.0, np.inf))
+
+
+def error_in_eps(candidate: np.ndarray, reference: np.ndarray, dtype: str, scale: float | np.ndarray) -> float:
+    """The largest of `errors_in_eps` over the output (0 for an empty one)."""
+    errors = errors_in_eps(candidate, reference, dtype, scale)
+    return float(np.max(errors)) if errors.size else 0.0

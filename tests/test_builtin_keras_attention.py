@@ -30,6 +30,7 @@ LAYER_NORM = "keras.layers.LayerNormalization"
 _MHA = {"d_model": 8, "num_heads": 2, "d_head": 4, "dropout": 0.1, "B": 2, "Lq": 3, "Lk": 4, "scale_exp": 0}
 MHA_PADDING = {**_MHA, "mask": "padding", "seed": 1}  # d_head = 4: 1/sqrt(d_head) is exact in float32
 MHA_ROW = {**_MHA, "mask": "random", "seed": 2}  # masks query row 1 of batch 0 fully (§7.4)
+MHA_FILL = {**_MHA, "mask": "padding", "scale_exp": 5, "seed": 2}  # a row whose visible scores are all below -1e9
 MHA_CAUSAL = {**_MHA, "d_model": 6, "num_heads": 3, "d_head": 2, "mask": "causal", "seed": 3}  # (Lq, Lk) mask
 _BLOCK = {"num_heads": 2, "d_ff": 3, "activation": "relu", "norm": "pre", "dropout": 0.0, "B": 4, "T": 8,
           "mask": "padding"}
@@ -44,6 +45,7 @@ CASES = {
     "mha float64": ("mha", SCORES, "float64", MHA_PADDING),
     "mha float64 d_head=2": ("mha", SCORES, "float64", MHA_CAUSAL),
     "mha float64 masked row": ("mha", SCORES, "float64", MHA_ROW),
+    "mha float64 past the fill": ("mha", SCORES, "float64", MHA_FILL),
     "dpa float32": ("mha", NO_SCORES, "float32", MHA_CAUSAL),
     "dpa float32 masked row": ("mha", NO_SCORES, "float32", MHA_ROW),
     "dpa float64": ("mha", NO_SCORES, "float64", MHA_PADDING),
@@ -57,6 +59,7 @@ CASES = {
 #: The ledger entry each case deviates under, per backend; every other case is conformant.
 DEVIATES = {
     "tensorflow": {
+        "mha float64 past the fill": "keras-mha-float64-mask-fill-1e9",
         "mha float64 d_head=2": "keras-mha-tensorflow-float64-score-scale",
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-tensorflow-float64-score-scale",
@@ -64,6 +67,7 @@ DEVIATES = {
         "norm float64 d_model=1": "keras-layer-norm-single-feature",
     },
     "torch": {
+        "mha float64 past the fill": "keras-mha-float64-mask-fill-1e9",
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64": "keras-mha-dot-product-attention-float64-in-float32",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-float64-in-float32",
@@ -71,6 +75,7 @@ DEVIATES = {
         "norm float64 d_model=1": "keras-layer-norm-float64-in-float32",
     },
     "jax": {
+        "mha float64 past the fill": "keras-mha-float64-mask-fill-1e9",
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64": "keras-mha-dot-product-attention-float64-in-float32",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-float64-in-float32",
@@ -83,7 +88,8 @@ DEVIATES = {
 
 #: Keras on JAX compiles every operation for each new shape, so it replays the cases that tell the
 #: backends apart: each of its entries deviating, and where the others' entries do not apply.
-CASES_ON = {"jax": ("mha float32", "mha float64 d_head=2", "mha float64 masked row", "dpa float32",
+CASES_ON = {"jax": ("mha float32", "mha float64 d_head=2", "mha float64 masked row", "mha float64 past the fill",
+                    "dpa float32",
                     "dpa float32 masked row", "dpa float64", "norm float32", "norm float32 d_model=1", "norm float64")}
 
 

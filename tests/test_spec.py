@@ -6,12 +6,15 @@ import re
 
 import pytest
 
+from conformance import generate
 from conformance.cli import main
 from conformance.spec import SpecError, evaluate, find_spec_dir, list_components, load_spec
 
 
 def test_mha_tables_are_read_from_the_spec(mha_spec):
-    assert list(mha_spec.params) == ["d_model", "num_heads", "d_head", "dropout", "B", "Lq", "Lk", "mask"]
+    assert list(mha_spec.params) == ["d_model", "num_heads", "d_head", "dropout", "B", "Lq", "Lk", "mask", "scale_exp"]
+    assert mha_spec.magnitudes() == {"scale_exp": (0, -1, 1, -2, -3, 2, 3, 5)}
+    assert [p.name for p in mha_spec.shape_params] == list(mha_spec.params)[:-1]
     assert mha_spec.layer_params == ["d_model", "num_heads", "d_head", "dropout"]
     assert mha_spec.params["d_model"].domain == range(1, 33)
     assert mha_spec.params["mask"].domain == ("none", "padding", "causal", "random")
@@ -25,6 +28,8 @@ def test_mha_tables_are_read_from_the_spec(mha_spec):
     assert mha_spec.shape_of(mask, env, "causal") == (4, 7)
     assert set(mha_spec.budgets) == set(mha_spec.outputs)
     assert len(mha_spec.examples) >= 4
+    assert {frozenset(r.items()) for r in generate.regions(mha_spec)} >= {frozenset({("scale_exp", 2)}),
+                                                                         frozenset({("scale_exp", 5), ("mask", "padding")})}
 
 
 @pytest.mark.parametrize("component", list_components())

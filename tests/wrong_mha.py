@@ -55,10 +55,10 @@ def nan_softmax(scores, mask):
 
 
 def uniform_softmax(scores, mask):
-    """Keras' behaviour: masked scores get a large negative number, so a fully masked row is uniform."""
-    s = np.where(mask, scores, -1e9)
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """keras.ops.dot_product_attention's behaviour on a fully masked row: uniform weights (its finite fill
+    makes every masked score equal); elsewhere the masked keys take no part."""
+    uniform = np.full(scores.shape, 1.0 / scores.shape[-1], dtype=scores.dtype)
+    return np.where(mask.any(axis=-1, keepdims=True), masked_softmax(scores, mask), uniform)
 
 
 #: What every shrunk counterexample of these mistakes shows (a mistake's `shrunk` adds to it or overrides it).

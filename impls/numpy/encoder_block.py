@@ -29,29 +29,37 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
     """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference."""
     x = inputs["x"]  # (B, T, d_model)
-    y, attn, y_mag, score_scale = block(config, weights, x, np.abs(x), inputs.get("padding_mask"))
+    y, attn, y_mag, score_scale = block(config, weights, x, np.abs(x), inputs.get("padding_mask"), diagnostics)
     if diagnostics is not None:
         diagnostics["score_scale"], diagnostics["y_scale"] = score_scale, float(y_mag.max())
+        padding = inputs.get("padding_mask")  # §8: 1 where a query may see a key, 0 where §6 hides it
+        diagnostics["visible"] = (np.ones(attn.shape) if padding is None else
+                                  np.broadcast_to(np.asarray(padding, dtype=np.float64)[:, None, None, :], attn.shape))
     return {"y": y, "attention_weights": attn}
 
 
 def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_mag: np.ndarray,
-          padding: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+          padding: np.ndarray | None, diagnostics: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """One block from an input `x` of magnitude `x_mag` (§8; |x| for a block on its own, what came before
-    for a block in a stack): (y, attention weights, the magnitude of y, score_scale)."""
+    for a block in a stack): (y, attention weights, the magnitude of y, score_scale). `diagnostics` gets
+    `least_variance`, the smallest variance of a layer norm's input row (§8: below a dtype's smallest normal
+    number the example is outside its range), the least over every block it is given for."""
     mask = None if padding is None else padding[:, None, :]  # (B, 1, T): padded keys hidden from every query, §6
     eps, w = config["epsilon"], weights
 
     def attention(v, v_mag):  # §5.1: query = key = value = v
         out = mha.forward(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask})
         a, attn = out["output"], out["attention_weights"]  # (B, T, d_model), (B, H, T, T)
-        return a, attn, *_attention_magnitude(config, w, v_mag, mask, attn)
+        return a, attn, *_attention_magnitude(config, w, v_mag, mask, attn, diagnostics)
 
     def feed_forward(v, v_mag):  # §5.2
         return ffn.forward(config, w, {"x": v})["y"], ffn.magnitude(w, v_mag)  # (B, T, d_model)
 
     def norm(v, v_mag, i):  # §5.3
         gamma, beta = w[f"gamma_{i}"], w[f"beta_{i}"]
+        if diagnostics is not None and v.shape[-1] > 1:  # with one feature the variance is 0 whatever the dtype
+            least = float(v.var(axis=-1).min())
+            diagnostics["least_variance"] = min(diagnostics.get("least_variance", least), least)
         return layer_norm(v, gamma, beta, eps), _norm_magnitude(v, v_mag, gamma, beta, eps)
 
     if config["norm"] == "post":  # §5.4
@@ -83,7 +91,7 @@ def _norm_magnitude(v, v_mag, gamma, beta, epsilon):
     return np.abs(gamma) * (deviation + n * (n * v_mag).mean(axis=-1, keepdims=True)) / s + np.abs(beta)
 
 
-def _attention_magnitude(config, w, v_mag, mask, attn):
+def _attention_magnitude(config, w, v_mag, mask, attn, record=None):
     """spec/mha.md §9 elementwise, from input magnitudes v_mag: (output magnitude, score_scale).
 
     Every batch element's key 0 is visible, so the set of visible scores is never empty.
@@ -98,6 +106,8 @@ def _attention_magnitude(config, w, v_mag, mask, attn):
     scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)  # (B, H, T, T)
     visible = np.broadcast_to(mha.broadcast_mask(mask, B, T, T)[:, None], scores.shape)
     context = (attn @ v).transpose(0, 2, 1, 3).reshape(B, T, H * d)  # (B, T, H*d)
+    if record is not None:  # masked ones too: an implementation computes every score (spec/README.md, range)
+        record["largest_score"] = max(record.get("largest_score", 0.0), float(scores.max()))
     return context @ np.abs(w["W_o"]) + np.abs(w["b_o"]), float(scores[visible].max())
 
 

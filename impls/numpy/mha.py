@@ -31,9 +31,33 @@ def masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return e / np.where(any_visible, total, 1.0)
 
 
+def finite_fill_softmax(fill: float):
+    """Masked scores replaced by a finite `fill` before the softmax and the masked weights zeroed after it:
+    against §6.4 and §7.1 once every visible score of a row is below the fill, when the row's weight goes to
+    its masked keys and is zeroed there, so the row sums to about 0 instead of 1."""
+    def softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        s = np.where(mask, scores, fill)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        return np.where(mask, e / e.sum(axis=-1, keepdims=True), 0.0)
+    return softmax
+
+
+def masked_by_a_fill_of_1e9(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+                            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """What a layer gives whose softmax replaces masked scores by -1e9 and zeroes the masked weights after it
+    (keras.layers.Softmax with a mask, which keras.layers.MultiHeadAttention uses): the bound of the ledger's
+    entries for it."""
+    return _attend(config, weights, inputs, diagnostics, finite_fill_softmax(-1e9))
+
+
 def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
     """§6: the whole computation in the dtype of the weights."""
+    return _attend(config, weights, inputs, diagnostics, masked_softmax)
+
+
+def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+            diagnostics: dict | None, softmax) -> dict[str, np.ndarray]:
     H, d_head = config["num_heads"], config["d_head"]
     query, key, value = inputs["query"], inputs["key"], inputs["value"]
     B, Lq, _ = query.shape
@@ -51,7 +75,7 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
     # §6.3 scores, scaled by the per-head width
     scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dtype.type(d_head))  # (B, H, Lq, Lk)
     mask = broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None]  # (B, 1, Lq, Lk)
-    weights_ = masked_softmax(scores, mask).astype(dtype)  # (B, H, Lq, Lk)
+    weights_ = softmax(scores, mask).astype(dtype)  # (B, H, Lq, Lk)
 
     # §6.5 context and head merge: (B, H, Lq, d_head) -> (B, Lq, H*d_head)
     context = (weights_ @ v).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
@@ -66,8 +90,10 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
         s_abs = q_abs @ k_abs.transpose(0, 1, 3, 2) / np.sqrt(d_head)  # (B, H, Lq, Lk)
         visible = np.broadcast_to(mask, scores.shape)
         diagnostics["score_scale"] = float(s_abs[visible].max()) if visible.any() else 0.0
+        diagnostics["largest_score"] = float(s_abs.max())  # masked ones too: an implementation computes every score
         c_abs = (weights_ @ v_abs).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
         diagnostics["output_scale"] = float((c_abs @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])).max())
+        diagnostics["visible"] = visible.astype(np.float64)  # §9: 1 where a key is visible, 0 where masked
     return {"output": output, "attention_weights": weights_}
 
 

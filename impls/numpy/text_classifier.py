@@ -77,7 +77,7 @@ def _classify(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inpu
     for layer in range(config["num_layers"]):  # §5.2: every block gets the same mask; positions were added once
         # §7: each block's magnitudes start from its own input, as encoder_block §8 has them for a block alone
         x, _, x_mag, scale = encoder_block.block(block_config(config), block_weights(weights, layer), x, np.abs(x),
-                                                 real)
+                                                 real, diagnostics)
         score_scale = max(score_scale, scale)
     pooled = pool(x, pooled_over, config["pooling"])  # (B, d_model)
     z = pooled @ weights["W_c"] + weights["b_c"]  # (B, num_classes), §5.4

@@ -1,0 +1,262 @@
+"""Implementations that each change one constant or convention a spec fixes, and nothing else.
+
+Where the deliberately wrong implementations (tests/wrong_<component>.py) differ
+in structure, these are the quiet changes a port makes: another framework's
+layer-norm epsilon, another GELU, a score divisor, a softmax without its max
+shift, a finite mask fill. Each spec's "Sensitivity" section names the region
+of its domain where each one shows; tests/test_sensitivity.py requires every
+one to be rejected in float32 alone, at the default profile, on each of ten
+seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from wrong_base import Switchable
+
+from impls.numpy import mha
+from impls.numpy.ffn import ACTIVATIONS, gelu_tanh
+from impls.numpy.mha import broadcast_mask, masked_softmax
+
+
+# --- the changed pieces --------------------------------------------------------------------------------------
+
+def gelu_sigmoid(h: np.ndarray) -> np.ndarray:
+    """The sigmoid approximation h * sigmoid(1.702 h) some ports use for GELU."""
+    return (h / (1 + np.exp(-1.702 * h))).astype(h.dtype)
+
+
+def softmax_without_shift(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """mha §6.4 without subtracting the row's largest score: exp overflows past about 88.7 in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.where(mask, np.exp(np.where(mask, scores, 0)), 0).astype(scores.dtype)
+        total = e.sum(axis=-1, keepdims=True)
+        return np.where(mask.any(axis=-1, keepdims=True), e / np.where(total == 0, 1, total), 0).astype(scores.dtype)
+
+
+def additive_fill(fill: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A mask added to the scores as `fill` (0 where visible), the shifted softmax, fully masked rows zeroed."""
+    def softmax(scores, mask):
+        s = scores + np.where(mask, 0, fill).astype(scores.dtype)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        w = e / e.sum(axis=-1, keepdims=True)
+        return np.where(mask.any(axis=-1, keepdims=True), w, 0).astype(scores.dtype)
+    return softmax
+
+
+def replacing_fill(fill: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Masked scores replaced by `fill` (masked_fill), the shifted softmax, fully masked rows zeroed."""
+    def softmax(scores, mask):
+        s = np.where(mask, scores, fill).astype(scores.dtype)
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        w = e / e.sum(axis=-1, keepdims=True)
+        return np.where(mask.any(axis=-1, keepdims=True), w, 0).astype(scores.dtype)
+    return softmax
+
+
+def attention(config: Mapping[str, Any], w: Mapping[str, np.ndarray], inputs: Mapping[str, Any], *,
+              divisor: Callable[[Mapping[str, Any]], float] | None = None,
+              softmax: Callable = masked_softmax) -> dict[str, np.ndarray]:
+    """spec/mha.md §6 with the score divisor and the softmax as given; the defaults are the spec."""
+    if divisor is None and softmax is masked_softmax:
+        return mha.forward(config, w, inputs)
+    H, d = config["num_heads"], config["d_head"]
+    query, key, value = inputs["query"], inputs["key"], inputs["value"]
+    B, Lq, _ = query.shape
+    Lk = key.shape[1]
+
+    def split(x, L):  # (B, L, H*d) -> (B, H, L, d)
+        return x.reshape(B, L, H, d).transpose(0, 2, 1, 3)
+
+    q = split(query @ w["W_q"] + w["b_q"], Lq)
+    k = split(key @ w["W_k"] + w["b_k"], Lk)
+    v = split(value @ w["W_v"] + w["b_v"], Lk)
+    root = np.sqrt(q.dtype.type(divisor(config) if divisor else d))
+    scores = q @ k.transpose(0, 1, 3, 2) / root  # (B, H, Lq, Lk)
+    mask = broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None]
+    attn = softmax(scores, mask).astype(q.dtype)
+    context = (attn @ v).transpose(0, 2, 1, 3).reshape(B, Lq, H * d)  # (B, Lq, H*d)
+    return {"output": context @ w["W_o"] + w["b_o"], "attention_weights": attn}
+
+
+def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float, *,
+               one_pass: bool = False) -> np.ndarray:
+    """encoder_block §5.3; `one_pass`: the variance as E[v**2] - E[v]**2, which cancels when the mean is large."""
+    mean = v.mean(axis=-1, keepdims=True)
+    if one_pass:
+        var = np.maximum((v * v).mean(axis=-1, keepdims=True) - mean * mean, 0)
+    else:
+        var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)
+    return ((v - mean) / np.sqrt(var + v.dtype.type(epsilon)) * gamma + beta).astype(v.dtype)
+
+
+def block(config: Mapping[str, Any], w: Mapping[str, np.ndarray], x: np.ndarray, padding: np.ndarray | None, *,
+          epsilon: float | None = None, one_pass: bool = False, activations=ACTIVATIONS,
+          divisor=None, softmax=masked_softmax) -> dict[str, np.ndarray]:
+    """spec/encoder_block.md §5 with one changed piece; the defaults are the spec."""
+    eps = config["epsilon"] if epsilon is None else epsilon
+    mask = None if padding is None else padding[:, None, :]  # (B, 1, T)
+
+    def LN(v, i):
+        return layer_norm(v, w[f"gamma_{i}"], w[f"beta_{i}"], eps, one_pass=one_pass)
+
+    def MHA(v):
+        out = attention(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask},
+                        divisor=divisor, softmax=softmax)
+        return out["output"], out["attention_weights"]
+
+    def FFN(v):
+        h = v @ w["W_1"] + w["b_1"]  # (B, T, d_ff)
+        return activations[config["activation"]](h) @ w["W_2"] + w["b_2"]
+
+    if config["norm"] == "post":
+        a, attn = MHA(x)
+        h = LN(x + a, 1)
+        y = LN(h + FFN(h), 2)
+    else:
+        a, attn = MHA(LN(x, 1))
+        h = x + a
+        y = h + FFN(LN(h, 2))
+    return {"y": y, "attention_weights": attn}
+
+
+class Changed(Switchable):
+    """One constant changed: `changes` says which, as the test's parameter id shows it."""
+
+    changes = ""
+
+    def forward(self, config, weights, inputs):
+        raise NotImplementedError
+
+
+# --- mha -----------------------------------------------------------------------------------------------------
+
+class _Attention(Changed):
+    component = "mha"
+
+    def forward(self, config, weights, inputs):
+        return attention(config, weights, inputs, **self.options)
+
+
+class DivisorSqrtDModel(_Attention):
+    changes = "score divisor sqrt(d_model) for sqrt(d_head)"
+    options = {"divisor": lambda c: c["d_model"]}
+
+
+class DivisorDHead(_Attention):
+    changes = "score divisor d_head for sqrt(d_head)"
+    options = {"divisor": lambda c: c["d_head"] ** 2}
+
+
+class NoMaxShift(_Attention):
+    changes = "softmax without the max shift"
+    options = {"softmax": softmax_without_shift}
+
+
+class AdditiveFill1e4(_Attention):
+    changes = "mask added as -1e4"
+    options = {"softmax": additive_fill(-1e4)}
+
+
+class ReplacingFill1e9(_Attention):
+    changes = "masked scores replaced by -1e9"
+    options = {"softmax": replacing_fill(-1e9)}
+
+
+# --- ffn -----------------------------------------------------------------------------------------------------
+
+class _FeedForward(Changed):
+    component = "ffn"
+
+    def forward(self, config, weights, inputs):
+        h = inputs["x"] @ weights["W_1"] + weights["b_1"]  # (B, T, d_ff)
+        return {"y": self.options["activations"][config["activation"]](h) @ weights["W_2"] + weights["b_2"]}
+
+
+class TanhGelu(_FeedForward):
+    changes = "tanh GELU for the exact one"
+    options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
+
+
+class SigmoidGelu(_FeedForward):
+    changes = "sigmoid GELU for the exact one"
+    options = {"activations": {**ACTIVATIONS, "gelu": gelu_sigmoid}}
+
+
+class SigmoidGeluTanh(_FeedForward):
+    changes = "sigmoid GELU for the tanh one"
+    options = {"activations": {**ACTIVATIONS, "gelu_tanh": gelu_sigmoid}}
+
+
+# --- encoder_block -------------------------------------------------------------------------------------------
+
+class _Block(Changed):
+    component = "encoder_block"
+
+    def forward(self, config, weights, inputs):
+        return block(config, weights, inputs["x"], inputs.get("padding_mask"), **self.options)
+
+
+class Epsilon1e12(_Block):
+    changes = "layer-norm epsilon 1e-12 (BERT's)"
+    options = {"epsilon": 1e-12}
+
+
+class Epsilon1e6(_Block):
+    changes = "layer-norm epsilon 1e-6"
+    options = {"epsilon": 1e-6}
+
+
+class Epsilon1e3(_Block):
+    changes = "layer-norm epsilon 1e-3 (Keras' default)"
+    options = {"epsilon": 1e-3}
+
+
+class OnePassVariance(_Block):
+    changes = "layer-norm variance as E[v**2] - E[v]**2"
+    options = {"one_pass": True}
+
+
+class BlockTanhGelu(_Block):
+    changes = "tanh GELU for the exact one"
+    options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
+
+
+class BlockSigmoidGelu(_Block):
+    changes = "sigmoid GELU for the exact one"
+    options = {"activations": {**ACTIVATIONS, "gelu": gelu_sigmoid}}
+
+
+class BlockDivisorSqrtDModel(_Block):
+    changes = "score divisor sqrt(d_model) for sqrt(d_head)"
+    options = {"divisor": lambda c: c["d_model"]}
+
+
+class BlockNoMaxShift(_Block):
+    changes = "softmax without the max shift"
+    options = {"softmax": softmax_without_shift}
+
+
+class BlockAdditiveFill1e4(_Block):
+    changes = "mask added as -1e4"
+    options = {"softmax": additive_fill(-1e4)}
+
+
+class BlockReplacingFill1e9(_Block):
+    changes = "masked scores replaced by -1e9"
+    options = {"softmax": replacing_fill(-1e9)}
+
+
+class Correct(_Block):
+    """The control: nothing changed."""
+
+    changes = ""
+
+
+#: Every family member, by component.
+FAMILIES = {c: [k for k in list(globals().values()) if isinstance(k, type) and issubclass(k, Changed)
+                and k.changes and getattr(k, "component", None) == c]
+            for c in ("mha", "ffn", "encoder_block")}
