@@ -251,7 +251,7 @@ def bench_first_failure(args: argparse.Namespace) -> None:
     from conformance.spec import load_spec
 
     found: dict[str, list[int | None]] = {}
-    for c in COMPONENTS:
+    for c in [] if args.changed else COMPONENTS:
         path = ROOT / "tests" / f"wrong_{c.id}.py"
         loader = importlib.util.spec_from_file_location(f"wrong_{c.id}", path)
         module = importlib.util.module_from_spec(loader)
@@ -262,24 +262,40 @@ def bench_first_failure(args: argparse.Namespace) -> None:
                 found[f"{c.id}:{name}"] = [run_cell(spec, resolve(c.id, f"{path}:{name}"), "float32", "cpu",
                                                     max_examples=PROFILES[DEFAULT_PROFILE], seed=seed,
                                                     shrink=False).first_failure for seed in range(args.seeds)]
+    if args.changed:  # the one-constant changes of tests/changed_constants.py instead
+        from changed_constants import FAMILIES
+
+        path = ROOT / "tests" / "changed_constants.py"
+        found = {f"{c}:{cls.__name__}": [run_cell(load_spec(ROOT / "spec" / f"{c}.md"), resolve(c, f"{path}:{cls.__name__}"),
+                                                  "float32", "cpu", max_examples=PROFILES[DEFAULT_PROFILE], seed=seed,
+                                                  shrink=False).first_failure for seed in range(args.seeds)]
+                 for c, family in FAMILIES.items() for cls in family}
     every = [n for runs in found.values() for n in runs if n is not None]
-    record("first-failure", {"profile": DEFAULT_PROFILE, "seeds": args.seeds, "mistakes": len(found),
+    record("first-failure" + ("-changed-constants" if args.changed else ""), {"profile": DEFAULT_PROFILE, "seeds": args.seeds, "mistakes": len(found),
                              "median_first_failure": statistics.median(every),
                              "missed": sum(n is None for runs in found.values() for n in runs),
                              "per_mistake": found})
 
 
 def bench_headroom(args: argparse.Namespace) -> None:
-    """Each budget's headroom: the largest error / budget of correct implementations (ours in NumPy and PyTorch,
-    and the frameworks' layers those results hold) per component, output and dtype, over `--examples` examples
-    a cell, eager on the CPU; prints the Markdown table spec/README.md, "Headroom", shows."""
-    results = Path(args.results) if args.results else Path(tempfile.mkdtemp()) / "headroom.json"
-    if not args.results:
-        subprocess.run(conformance("run", "--framework", "numpy", "--framework", "torch", "--device", "cpu",
-                                   "--mode", "eager", "--examples", str(args.examples), "--no-shrink", "-o",
-                                   str(results)), check=True, stdout=subprocess.DEVNULL)
+    """Each budget's headroom: the largest error / budget of our NumPy and PyTorch implementations per component,
+    output and dtype, over `--examples` examples a cell, eager on the CPU (or of every cell of the `--results`
+    files given); prints the Markdown table spec/README.md, "Headroom", shows."""
+    from conformance.components import COMPONENTS
+
+    if args.results:
+        files = [Path(r) for r in args.results]
+    else:
+        folder = Path(tempfile.mkdtemp())
+        files = []
+        for c in COMPONENTS:
+            for impl in ("numpy", "torch"):
+                files.append(folder / f"{c.id}-{impl}.json")
+                subprocess.run(conformance("check", c.id, "--impl", impl, "--device", "cpu", "--mode", "eager",
+                                           "--examples", str(args.examples), "--no-shrink", "-o", str(files[-1])),
+                               check=False, stdout=subprocess.DEVNULL)
     table: dict[tuple[str, str, str], tuple[float, str]] = {}
-    for cell in cells(results):
+    for cell in (c for f in files for c in cells(f)):
         if cell["verdict"] not in ("conformant", "known-deviation"):
             continue
         for output, ratio in (cell.get("output_ratio") or {}).items():
@@ -293,7 +309,7 @@ def bench_headroom(args: argparse.Namespace) -> None:
     for c, o in rows:
         shown = [f"{table[(c, o, d)][0]:.3g} ({table[(c, o, d)][1]})" if (c, o, d) in table else "-" for d in dtypes]
         print(f"| {c} | `{o}` | " + " | ".join(shown) + " |")
-    record("headroom", {"examples": args.examples, "results": str(results),
+    record("headroom", {"examples": args.examples, "results": [str(f) for f in files],
                         "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()}})
 
 
@@ -323,10 +339,12 @@ def main() -> None:
     report.set_defaults(func=bench_report)
     first = sub.add_parser("first-failure")
     first.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 for each wrong implementation")
+    first.add_argument("--changed", action="store_true",
+                       help="the one-constant changes of tests/changed_constants.py instead of tests/wrong_*.py")
     first.set_defaults(func=bench_first_failure)
     headroom = sub.add_parser("headroom")
     headroom.add_argument("--examples", type=int, default=1000)
-    headroom.add_argument("--results", help="a results file to tabulate instead of a new run")
+    headroom.add_argument("--results", nargs="*", help="results files to tabulate instead of a new run")
     headroom.set_defaults(func=bench_headroom)
     args = p.parse_args()
     args.func(args)

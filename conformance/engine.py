@@ -16,6 +16,7 @@ leaves out of the search.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -821,6 +822,26 @@ class Recorder:
             result.verdict = Verdict.CONFORMANT
 
 
+@contextlib.contextmanager
+def no_local_constants():
+    """Hypothesis mixes into its draws, with a small probability, constants it collects from the local modules
+    imported so far; which modules a worker has imported depends on the cells it ran before, so the same cell
+    and seed would draw differently with one worker or two. Within a cell's search the pool is empty, so a
+    cell's examples depend on its seed alone. (Hypothesis has no setting for it; where its internals differ,
+    nothing is changed.)"""
+    try:
+        from hypothesis.internal.conjecture import providers
+        original, empty = providers._get_local_constants, providers.Constants()
+    except (ImportError, AttributeError, TypeError):
+        yield
+        return
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+
+
 def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
          example: Mapping[str, Any] | None, shrink: bool) -> None:
     """A cell's examples: one replayed (`example`), or the search over each stratum, then the worked examples."""
@@ -877,7 +898,8 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
                 reject()  # not counted towards max_examples: hypothesis draws another in its place
 
         try:
-            search()
+            with no_local_constants():
+                search()
         except Unsatisfiable:  # every example of this stratum had a config the implementation cannot express
             pass
         except NonConformance:

@@ -133,7 +133,8 @@ def test_entry_point_plugin(tmp_path, root):
 
 
 def test_a_run_leaves_nothing_in_the_working_folder(root, tmp_path):
-    """Hypothesis keeps a cache of constants from local code; it goes to our cache folder, not ./.hypothesis."""
+    """Hypothesis keeps a cache of constants from local code (the engine's searches do without them, but
+    anything it writes in a worker goes to our cache folder), never ./.hypothesis."""
     env = {k: v for k, v in os.environ.items() if k != "HYPOTHESIS_STORAGE_DIRECTORY"}
     env["CONFORMANCE_CACHE_DIR"] = str(tmp_path / "cache")
     work = tmp_path / "work"
@@ -144,7 +145,6 @@ def test_a_run_leaves_nothing_in_the_working_folder(root, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert list(work.iterdir()) == []
-    assert (tmp_path / "cache" / "hypothesis").is_dir()
 
 
 def test_importing_the_package_leaves_hypothesis_where_the_user_has_it(tmp_path):
