@@ -309,7 +309,7 @@ def bench_headroom(args: argparse.Namespace) -> None:
     for c, o in rows:
         shown = [f"{table[(c, o, d)][0]:.3g} ({table[(c, o, d)][1]})" if (c, o, d) in table else "-" for d in dtypes]
         print(f"| {c} | `{o}` | " + " | ".join(shown) + " |")
-    record("headroom", {"examples": args.examples, "results": [str(f) for f in files],
+    record("headroom", {"examples": None if args.results else args.examples, "results": [str(f) for f in files],
                         "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()}})
 
 
