@@ -24,14 +24,22 @@ ALWAYS = "always"
 Predicate = Callable[[Mapping[str, Any], Mapping[str, Any]], "bool | Mapping[str, np.ndarray]"]
 
 
-def predicate(component: str, name: str) -> Predicate:
-    """The reference module's function for a condition (AttributeError naming both when it has none)."""
+def reference_function(component: str, name: str) -> Callable[..., Any]:
+    """A function of the component's reference module: a condition's predicate, or a ledger entry's model of
+    its deviation (`like NAME`); AttributeError naming both when the module has none."""
     module = importlib.import_module(f"impls.numpy.{component}")
     found = getattr(module, name, None)
     if not callable(found):
-        raise AttributeError(f"impls/numpy/{component}.py defines no function {name!r} for the condition of "
-                             f"that name in spec/{component}.md")
+        raise AttributeError(f"impls/numpy/{component}.py defines no function {name!r}")
     return found
+
+
+def predicate(component: str, name: str) -> Predicate:
+    """The reference module's function for a condition (AttributeError naming both when it has none)."""
+    try:
+        return reference_function(component, name)
+    except AttributeError as e:
+        raise AttributeError(f"{e} for the condition of that name in spec/{component}.md") from None
 
 
 def holds(component: str, name: str, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:

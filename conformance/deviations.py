@@ -83,9 +83,13 @@ class Bound:
 
     @property
     def text(self) -> str:
+        if self.kind == BoundKind.REGION:
+            return "region"
         if self.kind == BoundKind.EPS:
             return f"{self.value:g} eps"
-        return "region" if self.kind == BoundKind.REGION else ("like " if self.kind == BoundKind.LIKE else "") + self.value
+        if self.kind == BoundKind.LIKE:
+            return f"like {self.value}"
+        return self.value  # a dtype
 
 
 BOUND_FORMS = '"region", a dtype ("float32"), a number of eps ("3e5 eps") or "like NAME" (a function of the reference)'
@@ -228,7 +232,7 @@ def check_against_specs(ledger: list[Deviation], specs: dict[str, Any]) -> None:
                               f"not \"always\"; give a dtype, a number of eps or \"like NAME\" instead")
         if d.bound.kind == BoundKind.LIKE:
             try:
-                conditions.predicate(d.component, d.bound.value)
+                conditions.reference_function(d.component, d.bound.value)
             except AttributeError:
                 raise LedgerError(f"ledger entry {d.id!r}: bound {d.bound.text!r} names no function of "
                                   f"impls/numpy/{d.component}.py; it takes forward's arguments and returns the "

@@ -39,7 +39,8 @@ from hypothesis import seed as hypothesis_seed
 
 from conformance import conditions, deviations, evidence, generate, tolerances
 from conformance.deviations import Deviation
-from conformance.spec import Example, Spec, Tensor, evaluate
+from conformance.spec import Example, Spec, Tensor, evaluate, expression_names
+from conformance.tolerances import DTYPE_CONSTANTS, dtype_constants, finfo
 from conformance.registry import Registered
 from conformance.vocabulary import DEVICES, DTYPES, MODES, numpy_dtype, Verdict
 from impls import compilation_cache_dir
@@ -145,7 +146,7 @@ class Leeway:
             elif kind == deviations.BoundKind.EPS:
                 leeway.eps = max(leeway.eps or 0.0, d.bound.value)
             elif leeway.reference is None:  # like NAME: the deviation modelled by a function of the reference
-                model = conditions.predicate(runner.spec.component, d.bound.value)
+                model = conditions.reference_function(runner.spec.component, d.bound.value)
                 leeway.reference = model(example, generate.cast(generate.cast(weights, runner.dtype), "float64"),
                                          generate.cast(rounded_inputs, "float64"), diagnostics=leeway.diagnostics)
         return leeway
@@ -303,7 +304,8 @@ class Runner:
                                              backend=impl.backend(), device=device, mode=mode)
         self.reference = reference_forward(spec.component)
         # the diagnostics the budget table names, which bound the values a correct implementation handles
-        self.range_names = sorted({n for scale, growth in spec.budgets.values() for n in names_in(scale) | names_in(growth)}
+        self.range_names = sorted({n for scale, growth in spec.budgets.values()
+                                   for n in expression_names(scale) | expression_names(growth)}
                                   - set(spec.params) - set(spec.magnitudes()) - set(DTYPE_CONSTANTS))
         self._instances: dict[tuple, Any] = {}
         self.shapes_seen: set[tuple] = set()
@@ -382,9 +384,9 @@ class Runner:
         if entry.bound.kind != deviations.BoundKind.LIKE:
             return True
         leeway = Leeway.of([entry], self, example, weights, inputs)
-        with np.errstate(over="ignore"):
-            rounded = {k: generate.cast(v, self.dtype) for k, v in (("w", weights), ("i", inputs))}
-        reference = self.reference(example, generate.cast(rounded["w"], "float64"), generate.cast(rounded["i"], "float64"))
+        with np.errstate(over="ignore"):  # rounding; an overflow is check_range's to report
+            weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
+        reference = self.reference(example, generate.cast(weights, "float64"), generate.cast(inputs, "float64"))
         env = {**example, **leeway.diagnostics, **dtype_constants(self.dtype)}
         for name, budget in self.spec.budgets.items():
             try:
@@ -611,29 +613,6 @@ def check_tokens(out: Tensor, value: np.ndarray, reference: np.ndarray, diagnost
         idx = tuple(int(i) for i in np.argwhere(differs)[0])
         raise NonConformance(f"output {out.name!r} differs at index {idx}: got {value[idx]}, "
                              f"reference {reference[idx]}", out.sections, out.name, index=idx, bad=differs, narrow=True)
-
-
-#: The names the harness adds to a budget expression's environment: the cell dtype's machine epsilon and its
-#: smallest normal number (spec/README.md, "Error budgets").
-DTYPE_CONSTANTS = ("eps", "tiny")
-
-
-def dtype_constants(dtype: str) -> dict[str, float]:
-    return {"eps": tolerances.EPS[dtype], "tiny": float(finfo(dtype).tiny)}
-
-
-def finfo(dtype: str) -> Any:
-    import ml_dtypes
-
-    return ml_dtypes.finfo(numpy_dtype(dtype))
-
-
-def names_in(expr: str) -> set[str]:
-    """The names a spec expression reads."""
-    import ast
-
-    return {n.id for n in ast.walk(ast.parse(expr.strip(), mode="eval")) if isinstance(n, ast.Name)} - {
-        "sqrt", "log", "max", "min"}
 
 
 def _describe_exception(e: BaseException) -> str:

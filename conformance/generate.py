@@ -16,11 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 from hypothesis import strategies as st
 
-from conformance.spec import MAGNITUDES, Param, Spec, evaluate
+from conformance.spec import Param, Spec, evaluate
 from conformance.vocabulary import numpy_dtype, UsageError
 
-#: Orders of magnitude of float inputs where a spec gives none, plainest first (hypothesis shrinks towards it).
-SCALE_EXPONENTS = MAGNITUDES["scale_exp"]
 #: The seeds an example may have (NumPy's generator takes any of them).
 SEEDS = range(0, 2**32)
 

@@ -179,6 +179,11 @@ _BINOPS = {
 }
 
 
+def expression_names(expr: str) -> set[str]:
+    """The names a spec expression reads (its functions left out)."""
+    return {n.id for n in ast.walk(ast.parse(expr.strip(), mode="eval")) if isinstance(n, ast.Name)} - set(_FUNCS)
+
+
 def evaluate(expr: str, env: Mapping[str, Any]) -> Any:
     """Evaluate a spec expression (numbers, names, + - * / // **, sqrt/log/max/min)."""
 

@@ -8,6 +8,8 @@ spec saying why.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 #: Machine epsilon of each dtype the harness knows: the gap between 1 and the next number
@@ -18,6 +20,24 @@ EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16"
 #: repository showed, rounded up. The figures, and how to repeat the calibration, are in one
 #: place: spec/README.md, "Calibration".
 K = {"float64": 3.0, "float32": 3.0, "float16": 3.0, "bfloat16": 3.0}
+
+
+#: The names the harness adds to a budget expression's environment: the cell dtype's machine epsilon and its
+#: smallest normal number (spec/README.md, "Error budgets").
+DTYPE_CONSTANTS = ("eps", "tiny")
+
+
+def finfo(dtype: str) -> Any:
+    """The dtype's limits (largest and smallest normal number), bfloat16 included."""
+    import ml_dtypes
+
+    from conformance.vocabulary import numpy_dtype
+
+    return ml_dtypes.finfo(numpy_dtype(dtype))
+
+
+def dtype_constants(dtype: str) -> dict[str, float]:
+    return {"eps": EPS[dtype], "tiny": float(finfo(dtype).tiny)}
 
 
 def errors_in_eps(candidate: np.ndarray, reference: np.ndarray, dtype: str, scale: float | np.ndarray) -> np.ndarray:

@@ -16,10 +16,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from wrong_base import Switchable
+from wrong_ffn import _ffn
+from wrong_mha import _attention
 
-from impls.numpy import mha
 from impls.numpy.ffn import ACTIVATIONS, gelu_tanh
-from impls.numpy.mha import broadcast_mask, masked_softmax
+from impls.numpy.mha import masked_softmax
 
 
 # --- the changed pieces --------------------------------------------------------------------------------------
@@ -57,31 +58,6 @@ def replacing_fill(fill: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray
     return softmax
 
 
-def attention(config: Mapping[str, Any], w: Mapping[str, np.ndarray], inputs: Mapping[str, Any], *,
-              divisor: Callable[[Mapping[str, Any]], float] | None = None,
-              softmax: Callable = masked_softmax) -> dict[str, np.ndarray]:
-    """spec/mha.md §6 with the score divisor and the softmax as given; the defaults are the spec."""
-    if divisor is None and softmax is masked_softmax:
-        return mha.forward(config, w, inputs)
-    H, d = config["num_heads"], config["d_head"]
-    query, key, value = inputs["query"], inputs["key"], inputs["value"]
-    B, Lq, _ = query.shape
-    Lk = key.shape[1]
-
-    def split(x, L):  # (B, L, H*d) -> (B, H, L, d)
-        return x.reshape(B, L, H, d).transpose(0, 2, 1, 3)
-
-    q = split(query @ w["W_q"] + w["b_q"], Lq)
-    k = split(key @ w["W_k"] + w["b_k"], Lk)
-    v = split(value @ w["W_v"] + w["b_v"], Lk)
-    root = np.sqrt(q.dtype.type(divisor(config) if divisor else d))
-    scores = q @ k.transpose(0, 1, 3, 2) / root  # (B, H, Lq, Lk)
-    mask = broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None]
-    attn = softmax(scores, mask).astype(q.dtype)
-    context = (attn @ v).transpose(0, 2, 1, 3).reshape(B, Lq, H * d)  # (B, Lq, H*d)
-    return {"output": context @ w["W_o"] + w["b_o"], "attention_weights": attn}
-
-
 def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float, *,
                one_pass: bool = False) -> np.ndarray:
     """encoder_block §5.3; `one_pass`: the variance as E[v**2] - E[v]**2, which cancels when the mean is large."""
@@ -104,8 +80,8 @@ def block(config: Mapping[str, Any], w: Mapping[str, np.ndarray], x: np.ndarray,
         return layer_norm(v, w[f"gamma_{i}"], w[f"beta_{i}"], eps, one_pass=one_pass)
 
     def MHA(v):
-        out = attention(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask},
-                        divisor=divisor, softmax=softmax)
+        out = _attention(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask},
+                         divisor=divisor, softmax=softmax)
         return out["output"], out["attention_weights"]
 
     def FFN(v):
@@ -138,7 +114,7 @@ class _Attention(Changed):
     component = "mha"
 
     def forward(self, config, weights, inputs):
-        return attention(config, weights, inputs, **self.options)
+        return _attention(config, weights, inputs, **self.options)
 
 
 class DivisorSqrtDModel(_Attention):
@@ -172,8 +148,7 @@ class _FeedForward(Changed):
     component = "ffn"
 
     def forward(self, config, weights, inputs):
-        h = inputs["x"] @ weights["W_1"] + weights["b_1"]  # (B, T, d_ff)
-        return {"y": self.options["activations"][config["activation"]](h) @ weights["W_2"] + weights["b_2"]}
+        return _ffn(config, weights, inputs["x"], **self.options)
 
 
 class TanhGelu(_FeedForward):
