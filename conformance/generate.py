@@ -2,7 +2,8 @@
 
 An example is a flat dict of every spec parameter plus `seed` (for NumPy's
 generator) and the magnitude parameters (`Spec.magnitudes`: float inputs have
-standard deviation 10**scale_exp, weights their row's times 10**weight_exp).
+standard deviation 10**scale_exp, weights their row's times 10**weight_exp, and
+each row of a float input a common shift of +-offset times that deviation).
 Hypothesis draws only these few numbers; the arrays come from the seed, which
 keeps drawing fast and a shrunk example short enough to paste into a command.
 """
@@ -110,6 +111,9 @@ def make_arrays(spec: Spec, example: Mapping[str, Any]) -> tuple[dict[str, np.nd
     for t in spec.inputs.values():
         if t.kind == "float":
             inputs[t.name] = rng.normal(0.0, scale, spec.shape_of(t, example))
+            if example.get("offset", 0):  # one common shift per row, of either sign
+                rows = spec.shape_of(t, example)[:-1] + (1,)
+                inputs[t.name] += rng.choice([-1.0, 1.0], rows) * example["offset"] * scale
         elif t.kind == "mask":
             pattern = example.get("mask", "none")
             inputs[t.name] = None if pattern == "none" else _mask(pattern, spec.shape_of(t, example, pattern), rng)

@@ -32,9 +32,10 @@ class SpecError(Exception):
 
 
 #: The magnitude parameters the harness knows (spec/README.md, "Parameters"), with the default domain of
-#: each: float inputs have standard deviation 10**scale_exp, and every weight's standard deviation is its
-#: row's times 10**weight_exp. Plainest first: hypothesis shrinks towards it.
-MAGNITUDES: dict[str, tuple[int, ...]] = {"scale_exp": (0, -1, 1, -2, -3), "weight_exp": (0,)}
+#: each: float inputs have standard deviation 10**scale_exp, every weight's standard deviation is its
+#: row's times 10**weight_exp, and each row of a float input (its last axis) is shifted by +-offset times
+#: that standard deviation. Plainest first: hypothesis shrinks towards it.
+MAGNITUDES: dict[str, tuple[int, ...]] = {"scale_exp": (0, -1, 1, -2, -3), "weight_exp": (0,), "offset": (0,)}
 
 
 @dataclass(frozen=True)

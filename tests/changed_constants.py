@@ -15,6 +15,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+import wrong_embedding
+import wrong_lstm_classifier
+import wrong_lstm_seq2seq
+import wrong_text_classifier
 from wrong_base import Switchable
 from wrong_ffn import _ffn
 from wrong_mha import _attention
@@ -231,7 +235,33 @@ class Correct(_Block):
     changes = ""
 
 
+# --- embedding, lstm_classifier, lstm_seq2seq, text_classifier: the switches of tests/wrong_<component>.py ---
+
+#: name: (the wrong implementation it is, or whose switches it sets, what it changes, the switches it sets)
+REUSED = {
+    "EmbeddingConcatenated": (wrong_embedding.ConcatenatedHalves, "sinusoids as [sin..., cos...] for interleaved", {}),
+    "EmbeddingExponentByColumn": (wrong_embedding.ExponentByColumn,
+                                  "frequency exponent j / d_model for 2 floor(j/2) / d_model", {}),
+    "EmbeddingBase1e5": (wrong_embedding._Wrong, "sinusoid base 1e5 for 10000", {"base": 1e5}),
+    "EmbeddingScaleMissing": (wrong_embedding.MissingScale, "no sqrt(d_model) on the tokens", {}),
+    "EmbeddingPositionsFromOne": (wrong_embedding.PositionsFromOne, "positions counted from 1", {}),
+    "LstmGateOrderFgio": (wrong_lstm_classifier.BookGateOrder, "gate order f, g, i, o for i, f, g, o", {}),
+    "LstmHardSigmoid": (wrong_lstm_classifier.HardSigmoid, "hard sigmoid gates (Keras 2's recurrent_activation)", {}),
+    "LstmForgetBias1": (wrong_lstm_classifier._Wrong, "1 added to the forget gate (TF 1's forget_bias)",
+                        {"forget_bias": 1.0}),
+    "Seq2seqGatesIofg": (wrong_lstm_seq2seq.GatesInONNXOrder, "gate order i, o, f, g (ONNX) for i, f, g, o", {}),
+    "Seq2seqScaledScores": (wrong_lstm_seq2seq.ScaledScores, "attention scores divided by hidden", {}),
+    "Seq2seqBiasTwice": (wrong_lstm_seq2seq.BiasCountedTwice,
+                         "the gate bias added twice (b_ih + b_hh, both loaded with b)", {}),
+    "ClassifierMaxOverPadding": (wrong_text_classifier.MaxOverPadding, "max pooling over padded positions too", {}),
+    "ClassifierMeanOverT": (wrong_text_classifier.MeanOverT, "mean pooling divided by T", {}),
+}
+for _name, (_base, _changes, _options) in REUSED.items():
+    globals()[_name] = type(_name, (_base, Changed), {"changes": _changes, "__module__": __name__,
+                                                      **({"options": _options} if _options else {})})
+
+
 #: Every family member, by component.
 FAMILIES = {c: [k for k in list(globals().values()) if isinstance(k, type) and issubclass(k, Changed)
                 and k.changes and getattr(k, "component", None) == c]
-            for c in ("mha", "ffn", "encoder_block")}
+            for c in ("mha", "ffn", "encoder_block", "embedding", "lstm_classifier", "lstm_seq2seq", "text_classifier")}

@@ -63,8 +63,6 @@ DEVIATES = {
         "mha float64 d_head=2": "keras-mha-tensorflow-float64-score-scale",
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-tensorflow-float64-score-scale",
-        "norm float32 d_model=1": "keras-layer-norm-single-feature",
-        "norm float64 d_model=1": "keras-layer-norm-single-feature",
     },
     "torch": {
         "mha float64 past the fill": "keras-mha-float64-mask-fill-1e9",
@@ -79,7 +77,6 @@ DEVIATES = {
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64": "keras-mha-dot-product-attention-float64-in-float32",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-float64-in-float32",
-        "norm float32 d_model=1": "keras-layer-norm-single-feature",
         "norm float64": "keras-layer-norm-float64-in-float32",
         "norm float64 d_model=1": "keras-layer-norm-float64-in-float32",
     },

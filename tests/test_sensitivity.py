@@ -2,9 +2,7 @@
 
 The implementations are in tests/changed_constants.py; each spec's sensitivity
 table (its `constant` table: mha §9.3, ffn §8.3, encoder_block §8.3) says where
-in the domain each change shows and which settings reach it. Two are not yet
-rejected on every seed, and are marked so with the reason: the test fails as
-soon as they are (strict), so the mark cannot go stale.
+in the domain each change shows and which settings reach it.
 """
 
 from __future__ import annotations
@@ -19,17 +17,7 @@ from conformance.spec import find_spec_dir, load_spec
 SEEDS = range(10)
 #: The default profile's examples per cell (README: --profile ci).
 EXAMPLES = 100
-#: Changes the current error model cannot yet tell from rounding in float32 (encoder_block §8.3).
-NOT_YET = {
-    "OnePassVariance": "no magnitude draws rows whose mean is large against their spread, and the layer norm's "
-                       "magnitude estimate grows with that ratio (encoder_block §8.3)",
-    "BlockTanhGelu": "the block's y budget, a worst case through two layer norms, exceeds the tanh form's "
-                     "difference of at most 5e-4 of h on most seeds (encoder_block §8.3)",
-}
-
-CASES = [pytest.param(component, changed.__name__, id=f"{component}-{changed.__name__}",
-                      marks=[pytest.mark.xfail(reason=NOT_YET[changed.__name__], strict=True)]
-                      if changed.__name__ in NOT_YET else [])
+CASES = [pytest.param(component, changed.__name__, id=f"{component}-{changed.__name__}")
          for component, family in FAMILIES.items() for changed in family]
 
 

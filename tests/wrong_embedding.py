@@ -16,15 +16,15 @@ from wrong_base import Switchable
 BASE = 10000.0
 
 
-def _sinusoids(T, d_model, dtype, *, layout="interleaved", first_position=0):
+def _sinusoids(T, d_model, dtype, *, layout="interleaved", first_position=0, base=BASE):
     """The table of §6.5 with one switch per mistake; the defaults are the spec."""
     pos = np.arange(first_position, first_position + T, dtype=dtype)[:, None]  # (T, 1)
     if layout == "by_column":  # exponent j / d_model for column j instead of 2*floor(j/2) / d_model
-        angle = pos / BASE ** (np.arange(d_model, dtype=dtype) / d_model)  # (T, d_model)
+        angle = pos / base ** (np.arange(d_model, dtype=dtype) / d_model)  # (T, d_model)
         PE = np.where(np.arange(d_model) % 2 == 0, np.sin(angle), np.cos(angle))
         return PE.astype(dtype)
     two_i = np.arange(0, d_model, 2, dtype=dtype)  # (ceil(d_model/2),)
-    angle = pos / BASE ** (two_i / d_model)  # (T, ceil(d_model/2))
+    angle = pos / base ** (two_i / d_model)  # (T, ceil(d_model/2))
     sin, cos = np.sin(angle), np.cos(angle)
     if layout == "concatenated":  # [sin ..., cos ...], the last cosine dropped when d_model is odd
         return np.concatenate([sin, cos], axis=1)[:, :d_model].astype(dtype)
@@ -34,7 +34,7 @@ def _sinusoids(T, d_model, dtype, *, layout="interleaved", first_position=0):
 
 
 def _embed(config, weights, tokens, *, layout="interleaved", scale="tokens", first_position=0,
-           zero_padding_row=False, mask="real"):
+           zero_padding_row=False, mask="real", base=BASE):
     """spec/embedding.md §6 and §7 with one switch per mistake; the defaults are the spec."""
     E, P = weights["E"], weights["P"]
     dtype = E.dtype
@@ -47,7 +47,7 @@ def _embed(config, weights, tokens, *, layout="interleaved", scale="tokens", fir
     if config["positional"] == "learned":
         PE = P[first_position:first_position + T]  # (T, d_model)
     else:
-        PE = _sinusoids(T, d_model, dtype, layout=layout, first_position=first_position)
+        PE = _sinusoids(T, d_model, dtype, layout=layout, first_position=first_position, base=base)
     s = np.sqrt(dtype.type(d_model)) if config["scale"] else dtype.type(1)
     if scale == "tokens":
         x = emb * s + PE

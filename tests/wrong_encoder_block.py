@@ -99,8 +99,11 @@ class PaddingMaskIgnored(_Wrong):
 
 class MissingAttentionResidual(_Wrong):
     """The attention sub-layer's residual connection left out (§5.4, §5.5)."""
-    breaks, says = '5.4', 'differs from the reference'
+    # the search shrinks to d_model = 2, where a layer norm maps any row to +-gamma + beta, so that the residual
+    # shows only through epsilon, a few eps; there it passes with d_head = 1, so the failure names §5.1
+    breaks, says = '5.1', 'differs from the reference'
     options = {"attention_residual": False}
+    shrunk = {"d_head": 2}
 
 
 class PaddedRowsZeroed(_Wrong):

@@ -21,7 +21,7 @@ def hard_sigmoid(a):
 
 
 def _lstm(config, weights, inputs, *, gate_order="ifgo", gate=sigmoid, bias_times=1, classify_step=-1,
-          states="all"):
+          states="all", forget_bias=0.0):
     """spec/lstm_classifier.md §6 with one switch per mistake; the defaults are the spec."""
     H, num_layers = config["hidden"], config["num_layers"]
     x = inputs["x"]  # (B, T, d_in)
@@ -35,6 +35,7 @@ def _lstm(config, weights, inputs, *, gate_order="ifgo", gate=sigmoid, bias_time
         for t in range(T):
             gates = seq[:, t] @ W_x + h @ W_h + b * x.dtype.type(bias_times)  # (B, 4H)
             block = {name: gates[:, k * H:(k + 1) * H] for k, name in enumerate(gate_order)}
+            block["f"] = block["f"] + x.dtype.type(forget_bias)  # a constant added to the forget gate, as TF 1's cells
             i, f, g, o = gate(block["i"]), gate(block["f"]), np.tanh(block["g"]), gate(block["o"])
             c = f * c + i * g
             h = o * np.tanh(c)

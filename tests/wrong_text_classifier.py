@@ -27,7 +27,7 @@ def _classifier(config, weights, inputs, *, pool_padding=False, mean_over_T=Fals
         if positions_per_block and layer > 0:
             x = x + positions
         mask = real if layer == 0 or not mask_first_block_only else None
-        x, _, _, _ = encoder_block.block(block_config(config), block_weights(weights, layer), x, np.abs(x), mask)
+        x, _, _ = encoder_block.block(block_config(config), block_weights(weights, layer), x, None, mask)
     seen = np.ones_like(real) if pool_padding else real
     pooled = pool(x, seen, config["pooling"])
     if mean_over_T and config["pooling"] == "mean":

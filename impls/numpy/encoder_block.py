@@ -9,7 +9,8 @@ spec/encoder_block.md.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -27,88 +28,176 @@ def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 
 def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
-    """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference."""
+    """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference. With
+    `diagnostics`, also §8's error bounds, which the budgets scale by, per element."""
     x = inputs["x"]  # (B, T, d_model)
-    y, attn, y_mag, score_scale = block(config, weights, x, np.abs(x), inputs.get("padding_mask"), diagnostics)
-    if diagnostics is not None:
-        diagnostics["score_scale"], diagnostics["y_scale"] = score_scale, float(y_mag.max())
-        padding = inputs.get("padding_mask")  # §8: 1 where a query may see a key, 0 where §6 hides it
-        diagnostics["visible"] = (np.ones(attn.shape) if padding is None else
-                                  np.broadcast_to(np.asarray(padding, dtype=np.float64)[:, None, None, :], attn.shape))
+    x_bound = None if diagnostics is None else np.zeros(x.shape)  # the reference's inputs are exact
+    y, attn, bounds = block(config, weights, x, x_bound, inputs.get("padding_mask"), diagnostics)
+    if bounds is not None:
+        diagnostics["y_bound"], diagnostics["weights_bound"] = bounds.y, bounds.weights
     return {"y": y, "attention_weights": attn}
 
 
-def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_mag: np.ndarray,
-          padding: np.ndarray | None, diagnostics: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """One block from an input `x` of magnitude `x_mag` (§8; |x| for a block on its own, what came before
-    for a block in a stack): (y, attention weights, the magnitude of y, score_scale). `diagnostics` gets
-    `least_variance`, the smallest variance of a layer norm's input row (§8: below a dtype's smallest normal
-    number the example is outside its range), the least over every block it is given for."""
+class Bounds(NamedTuple):
+    """§8: how far a correct implementation's outputs may be from the reference, per element, in units of
+    the dtype's eps (before the budget's constant K)."""
+
+    y: np.ndarray  # (B, T, d_model)
+    weights: np.ndarray  # (B, H, T, T)
+
+
+def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_bound: np.ndarray | None,
+          padding: np.ndarray | None, diagnostics: dict | None = None
+          ) -> tuple[np.ndarray, np.ndarray, Bounds | None]:
+    """One block on `x`: (y, attention weights, their bounds). `x_bound` is how far `x` may already be off, in
+    eps (§8; zero for a block on its own, what came before for a block in a stack); None computes no bounds.
+    `diagnostics` gets the range rule's extremes over every block it is given for: `least_variance`,
+    `largest_row_sum` and `largest_sum_of_squares` of a layer norm's input rows, and `score_scale` and `largest_score`, the
+    largest visible score and the largest of any as sums of the terms' sizes."""
     mask = None if padding is None else padding[:, None, :]  # (B, 1, T): padded keys hidden from every query, §6
-    eps, w = config["epsilon"], weights
+    w = config, weights
 
-    def attention(v, v_mag):  # §5.1: query = key = value = v
-        out = mha.forward(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask})
-        a, attn = out["output"], out["attention_weights"]  # (B, T, d_model), (B, H, T, T)
-        return a, attn, *_attention_magnitude(config, w, v_mag, mask, attn, diagnostics)
-
-    def feed_forward(v, v_mag):  # §5.2
-        return ffn.forward(config, w, {"x": v})["y"], ffn.magnitude(w, v_mag)  # (B, T, d_model)
-
-    def norm(v, v_mag, i):  # §5.3
-        gamma, beta = w[f"gamma_{i}"], w[f"beta_{i}"]
+    def norm(v, v_bound, i):  # §5.3
+        gamma, beta = weights[f"gamma_{i}"], weights[f"beta_{i}"]
+        if diagnostics is not None:  # the sums a layer norm computes: of the row, and of its squared deviations
+            extreme(diagnostics, "largest_row_sum", float(np.abs(v).sum(axis=-1).max()), max)
         if diagnostics is not None and v.shape[-1] > 1:  # with one feature the variance is 0 whatever the dtype
-            least = float(v.var(axis=-1).min())
-            diagnostics["least_variance"] = min(diagnostics.get("least_variance", least), least)
-        return layer_norm(v, gamma, beta, eps), _norm_magnitude(v, v_mag, gamma, beta, eps)
+            var = v.var(axis=-1)
+            extreme(diagnostics, "least_variance", float(var.min()), min)
+            extreme(diagnostics, "largest_sum_of_squares", float(var.max()) * v.shape[-1], max)
+        return layer_norm(v, gamma, beta, config["epsilon"]), norm_bound(v, v_bound, gamma, beta, config["epsilon"])
 
     if config["norm"] == "post":  # §5.4
-        a, attn, a_mag, score_scale = attention(x, x_mag)
-        h, h_mag = norm(x + a, x_mag + a_mag, 1)
-        f, f_mag = feed_forward(h, h_mag)
-        y, y_mag = norm(h + f, h_mag + f_mag, 2)
+        a, attn, a_bound, attn_bound = attention_bound(*w, x, x_bound, mask, diagnostics)
+        h, h_bound = norm(*residual(x, x_bound, a, a_bound), 1)
+        f, f_bound = ffn_bound(*w, h, h_bound)
+        y, y_bound = norm(*residual(h, h_bound, f, f_bound), 2)
     else:  # §5.5
-        z1, z1_mag = norm(x, x_mag, 1)
-        a, attn, a_mag, score_scale = attention(z1, z1_mag)
-        h, h_mag = x + a, x_mag + a_mag
-        f, f_mag = feed_forward(*norm(h, h_mag, 2))
-        y, y_mag = h + f, h_mag + f_mag
-    return y, attn, y_mag, score_scale
+        z, z_bound = norm(x, x_bound, 1)
+        a, attn, a_bound, attn_bound = attention_bound(*w, z, z_bound, mask, diagnostics)
+        h, h_bound = residual(x, x_bound, a, a_bound)
+        f, f_bound = ffn_bound(*w, *norm(h, h_bound, 2))
+        y, y_bound = residual(h, h_bound, f, f_bound)
+    return y, attn, None if y_bound is None else Bounds(y_bound, attn_bound)
 
 
-# --- §8: the magnitudes the budgets scale by ----------------------------------------
+def extreme(diagnostics: dict, name: str, value: float, pick) -> None:
+    """Keep the extreme (`pick`: min or max) of `name` over every value given."""
+    diagnostics[name] = pick(diagnostics.get(name, value), value)
 
-def _norm_magnitude(v, v_mag, gamma, beta, epsilon):
-    """§8: |gamma| * ((1 - 2/d_model) v_mag + mean(v_mag) + |n| mean(|n| v_mag)) / s + |beta|, per position.
 
-    s = sqrt(var(v) + epsilon) and n = (v - mean(v)) / s are the reference's own.
-    """
+# --- §8: the error bounds the budgets scale by ----------------------------------------
+
+#: §8: the largest slope of the exact GELU, Phi(h) + h phi(h) at h = sqrt(2): an error in its input grows by
+#: at most this much.
+GELU_SLOPE = 1.13
+
+
+def rounding(n: int) -> float:
+    """§8: the rounding of a sum of n terms, in eps of the sum of their sizes: sqrt(n - 1) for the n - 1
+    additions, whose errors are independent and add like a random walk, and 1 for storing the result."""
+    return math.sqrt(n - 1) + 1
+
+
+def linear_bound(v: np.ndarray, v_bound: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """§8: v @ W + b and its bound: the input's error carried by |W|, and the rounding of a sum of the
+    d_in + 1 terms."""
+    if v_bound is None:
+        return v @ W + b, None
+    terms = np.abs(v) @ np.abs(W) + np.abs(b)
+    return v @ W + b, carried(v_bound, W) + rounding(v.shape[-1] + 1) * terms
+
+
+def carried(bound: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """§8: errors of up to `bound` in the terms of a product with W, as they reach its result: independent
+    errors of either sign add in quadrature, sqrt(bound**2 @ W**2)."""
+    return np.sqrt(bound**2 @ W**2)
+
+
+def residual(u: np.ndarray, u_bound: np.ndarray | None, v: np.ndarray, v_bound: np.ndarray | None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """§8: u + v and its bound: both errors, and the rounding of the sum."""
+    return u + v, None if u_bound is None else u_bound + v_bound + np.abs(u + v)
+
+
+def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray,
+               epsilon: float) -> np.ndarray | None:
+    """§8: the bound of LN(v) over the last axis, from its input's bound and its own rounding: the mean,
+    the deviations, their mean square, the square root, the division and gamma, beta. The mean's rounding
+    counts with one feature too, where an implementation that subtracts it first gets beta exactly but one
+    that folds it into a bias (x * inv + (beta - mean * inv)) gets beta up to numbers of size
+    |x * gamma| / sqrt(epsilon)."""
+    if v_bound is None:
+        return None
     d_model = v.shape[-1]
     mean = v.mean(axis=-1, keepdims=True)
-    s = np.sqrt(((v - mean) ** 2).mean(axis=-1, keepdims=True) + epsilon)  # (B, T, 1)
-    n = np.abs(v - mean) / s  # (B, T, d_model)
-    deviation = (1 - 2 / d_model) * v_mag + v_mag.mean(axis=-1, keepdims=True)  # v - mean on magnitudes
-    return np.abs(gamma) * (deviation + n * (n * v_mag).mean(axis=-1, keepdims=True)) / s + np.abs(beta)
+    deviation = v - mean  # (B, T, d_model)
+    var = (deviation**2).mean(axis=-1, keepdims=True)  # (B, T, 1)
+    s = np.sqrt(var + epsilon)
+    n = deviation / s
+    mean_error = rounding(d_model) * np.abs(v).mean(axis=-1, keepdims=True)
+    deviation_error = ((1 - 2 / d_model) * v_bound + v_bound.mean(axis=-1, keepdims=True) + mean_error
+                       + np.abs(deviation))
+    var_error = 2 * (np.abs(deviation) * deviation_error).mean(axis=-1, keepdims=True) + (rounding(d_model) + 1) * var
+    s_error = 0.5 * var_error / (var + epsilon) + 2  # relative: half the variance's, the sum with epsilon, the root
+    n_error = deviation_error / s + np.abs(n) * (s_error + 1)
+    return np.abs(gamma) * n_error + np.abs(n * gamma) + np.abs(n * gamma + beta)
 
 
-def _attention_magnitude(config, w, v_mag, mask, attn, record=None):
-    """spec/mha.md §9 elementwise, from input magnitudes v_mag: (output magnitude, score_scale).
+def ffn_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
+              v_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """§5.2 and §8: FFN(v) and its bound, through both projections and the activation, whose slope is at
+    most 1 (relu, exact) or GELU_SLOPE (GELU, which rounds erf and its products too)."""
+    y = ffn.forward(config, weights, {"x": v})["y"]  # (B, T, d_model)
+    if v_bound is None:
+        return y, None
+    h, h_bound = linear_bound(v, v_bound, weights["W_1"], weights["b_1"])  # (B, T, d_ff)
+    a = ffn.ACTIVATIONS[config["activation"]](h)
+    if config["activation"] == "relu":
+        a_bound = h_bound
+    else:
+        a_bound = GELU_SLOPE * h_bound + 3 * np.abs(a) + np.abs(h)
+    return y, linear_bound(a, a_bound, weights["W_2"], weights["b_2"])[1]
 
-    Every batch element's key 0 is visible, so the set of visible scores is never empty.
-    """
-    B, T, _ = v_mag.shape
+
+def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
+                    v_bound: np.ndarray, mask: np.ndarray | None, diagnostics: dict | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """§5.1 and §8: self-attention on v as spec/mha.md §6 computes it, and the bounds of its output and
+    weights: each projection's, the scores' (the error of q and k carried by the other's size, and the
+    rounding of the dot product and the scaling), the weights' (relative: the score's error and the rounding
+    of exp at its distance from the row's largest visible score, those of the row as the sum carries them,
+    and the sum's rounding), the context's and the output projection's."""
+    B, T, _ = v.shape
     H, d = config["num_heads"], config["d_head"]
+    out = mha.forward(config, weights, {"query": v, "key": v, "value": v, "attention_mask": mask})
+    p = out["attention_weights"]  # (B, H, T, T), 0 at every hidden key
+    if v_bound is None:
+        return out["output"], p, None, None
 
-    def project(W, b):  # (B, T, H*d) -> (B, H, T, d)
-        return (v_mag @ np.abs(w[W]) + np.abs(w[b])).reshape(B, T, H, d).transpose(0, 2, 1, 3)
+    def project(name):  # (B, T, H*d) -> (B, H, T, d), value and bound
+        value, bound = linear_bound(v, v_bound, weights[f"W_{name}"], weights[f"b_{name}"])
+        return [a.reshape(B, T, H, d).transpose(0, 2, 1, 3) for a in (value, bound)]
 
-    q, k, v = project("W_q", "b_q"), project("W_k", "b_k"), project("W_v", "b_v")
-    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)  # (B, H, T, T)
+    (q, q_bound), (k, k_bound), (val, val_bound) = project("q"), project("k"), project("v")
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, T, T)
+    terms = np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2) / math.sqrt(d)
+    s_bound = (np.sqrt(q_bound**2 @ (k**2).transpose(0, 1, 3, 2) + q**2 @ (k_bound**2).transpose(0, 1, 3, 2))
+               / math.sqrt(d) + (rounding(d) + 1) * terms)
     visible = np.broadcast_to(mha.broadcast_mask(mask, B, T, T)[:, None], scores.shape)
-    context = (attn @ v).transpose(0, 2, 1, 3).reshape(B, T, H * d)  # (B, T, H*d)
-    if record is not None:  # masked ones too: an implementation computes every score (spec/README.md, range)
-        record["largest_score"] = max(record.get("largest_score", 0.0), float(scores.max()))
-    return context @ np.abs(w["W_o"]) + np.abs(w["b_o"]), float(scores[visible].max())
+    top = np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True)  # key 0 is always visible (§6)
+    relative = np.where(visible, s_bound + np.abs(scores - top) + 2, 0.0)  # (B, H, T, T)
+    p_bound = p * (relative + (p * relative).sum(axis=-1, keepdims=True) + rounding(T) + 1)  # (B, H, T, T)
+    # each visible weight is held to its row's largest bound: first order no longer holds where a weight has
+    # underflowed in the reference and the row's scores are off by as much as their gaps
+    row_bound = np.where(visible, p_bound.max(axis=-1, keepdims=True), 0.0)
+    context = (p_bound @ np.abs(val) + p @ val_bound + rounding(T) * (p @ np.abs(val)))  # (B, H, T, d)
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, H * d)  # (B, H, T, d) -> (B, T, H*d)
+    _, a_bound = linear_bound(merge(p @ val), merge(context), weights["W_o"], weights["b_o"])
+    if diagnostics is not None:  # masked scores too in largest_score: an implementation computes every score
+        extreme(diagnostics, "score_scale", float(terms[visible].max()), max)
+        extreme(diagnostics, "largest_score", float(terms.max()), max)
+    return out["output"], p, a_bound, row_bound
 
 
 class Implementation(NumpyImplementation):

@@ -73,22 +73,42 @@ def _classify(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inpu
     embedded = embedding.forward(embedding_config(config), weights, {"tokens": tokens})
     x, real = embedded["x"], embedded["padding_mask"]  # (B, T, d_model), (B, T): True = a real token
     pooled_over = np.ones_like(real) if pool_padding else real
-    score_scale = 0.0
+    # §7: the embedding's output is off by up to its own budget, embedding §8
+    x_bound = None if diagnostics is None else EMBEDDING_GROWTH * embedding.magnitude(
+        embedding_config(config), weights, tokens)
     for layer in range(config["num_layers"]):  # §5.2: every block gets the same mask; positions were added once
-        # §7: each block's magnitudes start from its own input, as encoder_block §8 has them for a block alone
-        x, _, x_mag, scale = encoder_block.block(block_config(config), block_weights(weights, layer), x, np.abs(x),
-                                                 real, diagnostics)
-        score_scale = max(score_scale, scale)
+        # §7: each block's own bound (encoder_block §8, from an exact input), and what came before it passed on
+        # with a gain of 1 to every position of the sequence
+        own = None if x_bound is None else np.zeros(x.shape)
+        x, _, bounds = encoder_block.block(block_config(config), block_weights(weights, layer), x, own,
+                                           real, diagnostics)
+        if bounds is not None:
+            x_bound = bounds.y + x_bound.max(axis=(1, 2), keepdims=True)  # (B, T, d_model)
     pooled = pool(x, pooled_over, config["pooling"])  # (B, d_model)
     z = pooled @ weights["W_c"] + weights["b_c"]  # (B, num_classes), §5.4
     y = sigmoid(z) if config["head"] == "sigmoid" else z
 
-    if diagnostics is not None:  # §7: the last block's magnitudes through the pooling and the head
-        pooled_mag = pool(x_mag, pooled_over, config["pooling"])  # (B, d_model)
-        diagnostics["score_scale"] = score_scale
-        diagnostics["pooled_scale"] = float(pooled_mag.max())
-        diagnostics["y_scale"] = float((pooled_mag @ np.abs(weights["W_c"]) + np.abs(weights["b_c"])).max())
+    if diagnostics is not None:  # §7: the last block's bound through the pooling and the head
+        pooled_bound = pool_bound(x, x_bound, pooled_over, config["pooling"])  # (B, d_model)
+        _, z_bound = encoder_block.linear_bound(pooled, pooled_bound, weights["W_c"], weights["b_c"])
+        if config["head"] == "sigmoid":  # slope y (1 - y) <= 1/4; exp rounds at |z|, the sum and division twice
+            z_bound = y * (1 - y) * (z_bound + np.abs(z) + 1) + 2 * y
+        diagnostics["pooled_bound"], diagnostics["y_bound"] = pooled_bound, z_bound
     return {"y": y, "pooled": pooled}
+
+
+#: §7: the embedding's growth, embedding §8.
+EMBEDDING_GROWTH = 4
+
+
+def pool_bound(x: np.ndarray, x_bound: np.ndarray, real: np.ndarray, how: str) -> np.ndarray:
+    """§7: the pooled features' bound: a maximum is off by at most the largest error it is taken over; a mean by
+    the mean error and the rounding of its sum and division."""
+    if how == "max":
+        return np.where(real[:, :, None], x_bound, 0.0).max(axis=1)
+    count = real.sum(axis=1)[:, None]  # (B, 1)
+    mean = lambda a: np.where(real[:, :, None], a, 0.0).sum(axis=1) / count  # (B, T, d_model) -> (B, d_model)
+    return mean(x_bound) + (np.sqrt(np.maximum(count - 1, 0)) + 2) * mean(np.abs(x))
 
 
 class Implementation(NumpyImplementation):
