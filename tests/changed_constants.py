@@ -112,7 +112,11 @@ class Changed(Switchable):
         raise NotImplementedError
 
 
-# --- mha -----------------------------------------------------------------------------------------------------
+def _define(name: str, base: type, changes: str, options: dict[str, Any] | None = None) -> None:
+    """A family member named `name` in this module: `base`'s computation with `options` set."""
+    attrs = {"changes": changes, "__module__": __name__, **({"options": options} if options else {})}
+    globals()[name] = type(name, (base,) if issubclass(base, Changed) else (base, Changed), attrs)
+
 
 class _Attention(Changed):
     component = "mha"
@@ -121,56 +125,12 @@ class _Attention(Changed):
         return _attention(config, weights, inputs, **self.options)
 
 
-class DivisorSqrtDModel(_Attention):
-    changes = "score divisor sqrt(d_model) for sqrt(d_head)"
-    options = {"divisor": lambda c: c["d_model"]}
-
-
-class DivisorDHead(_Attention):
-    changes = "score divisor d_head for sqrt(d_head)"
-    options = {"divisor": lambda c: c["d_head"] ** 2}
-
-
-class NoMaxShift(_Attention):
-    changes = "softmax without the max shift"
-    options = {"softmax": softmax_without_shift}
-
-
-class AdditiveFill1e4(_Attention):
-    changes = "mask added as -1e4"
-    options = {"softmax": additive_fill(-1e4)}
-
-
-class ReplacingFill1e9(_Attention):
-    changes = "masked scores replaced by -1e9"
-    options = {"softmax": replacing_fill(-1e9)}
-
-
-# --- ffn -----------------------------------------------------------------------------------------------------
-
 class _FeedForward(Changed):
     component = "ffn"
 
     def forward(self, config, weights, inputs):
         return _ffn(config, weights, inputs["x"], **self.options)
 
-
-class TanhGelu(_FeedForward):
-    changes = "tanh GELU for the exact one"
-    options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
-
-
-class SigmoidGelu(_FeedForward):
-    changes = "sigmoid GELU for the exact one"
-    options = {"activations": {**ACTIVATIONS, "gelu": gelu_sigmoid}}
-
-
-class SigmoidGeluTanh(_FeedForward):
-    changes = "sigmoid GELU for the tanh one"
-    options = {"activations": {**ACTIVATIONS, "gelu_tanh": gelu_sigmoid}}
-
-
-# --- encoder_block -------------------------------------------------------------------------------------------
 
 class _Block(Changed):
     component = "encoder_block"
@@ -179,86 +139,56 @@ class _Block(Changed):
         return block(config, weights, inputs["x"], inputs.get("padding_mask"), **self.options)
 
 
-class Epsilon1e12(_Block):
-    changes = "layer-norm epsilon 1e-12 (BERT's)"
-    options = {"epsilon": 1e-12}
-
-
-class Epsilon1e6(_Block):
-    changes = "layer-norm epsilon 1e-6"
-    options = {"epsilon": 1e-6}
-
-
-class Epsilon1e3(_Block):
-    changes = "layer-norm epsilon 1e-3 (Keras' default)"
-    options = {"epsilon": 1e-3}
-
-
-class OnePassVariance(_Block):
-    changes = "layer-norm variance as E[v**2] - E[v]**2"
-    options = {"one_pass": True}
-
-
-class BlockTanhGelu(_Block):
-    changes = "tanh GELU for the exact one"
-    options = {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}
-
-
-class BlockSigmoidGelu(_Block):
-    changes = "sigmoid GELU for the exact one"
-    options = {"activations": {**ACTIVATIONS, "gelu": gelu_sigmoid}}
-
-
-class BlockDivisorSqrtDModel(_Block):
-    changes = "score divisor sqrt(d_model) for sqrt(d_head)"
-    options = {"divisor": lambda c: c["d_model"]}
-
-
-class BlockNoMaxShift(_Block):
-    changes = "softmax without the max shift"
-    options = {"softmax": softmax_without_shift}
-
-
-class BlockAdditiveFill1e4(_Block):
-    changes = "mask added as -1e4"
-    options = {"softmax": additive_fill(-1e4)}
-
-
-class BlockReplacingFill1e9(_Block):
-    changes = "masked scores replaced by -1e9"
-    options = {"softmax": replacing_fill(-1e9)}
-
-
 class Correct(_Block):
     """The control: nothing changed."""
 
     changes = ""
 
 
-# --- embedding, lstm_classifier, lstm_seq2seq, text_classifier: the switches of tests/wrong_<component>.py ---
-
-#: name: (the wrong implementation it is, or whose switches it sets, what it changes, the switches it sets)
-REUSED = {
-    "EmbeddingConcatenated": (wrong_embedding.ConcatenatedHalves, "sinusoids as [sin..., cos...] for interleaved", {}),
-    "EmbeddingExponentByColumn": (wrong_embedding.ExponentByColumn,
-                                  "frequency exponent j / d_model for 2 floor(j/2) / d_model", {}),
-    "EmbeddingBase1e5": (wrong_embedding._Wrong, "sinusoid base 1e5 for 10000", {"base": 1e5}),
-    "EmbeddingScaleMissing": (wrong_embedding.MissingScale, "no sqrt(d_model) on the tokens", {}),
-    "EmbeddingPositionsFromOne": (wrong_embedding.PositionsFromOne, "positions counted from 1", {}),
-    "LstmGateOrderFgio": (wrong_lstm_classifier.BookGateOrder, "gate order f, g, i, o for i, f, g, o", {}),
-    "LstmHardSigmoid": (wrong_lstm_classifier.HardSigmoid, "hard sigmoid gates (Keras 2's recurrent_activation)", {}),
-    "LstmForgetBias1": (wrong_lstm_classifier._Wrong, "1 added to the forget gate (TF 1's forget_bias)",
-                        {"forget_bias": 1.0}),
-    "Seq2seqGatesIofg": (wrong_lstm_seq2seq.GatesInONNXOrder, "gate order i, o, f, g (ONNX) for i, f, g, o", {}),
-    "Seq2seqScaledScores": (wrong_lstm_seq2seq.ScaledScores, "attention scores divided by hidden", {}),
-    "Seq2seqBiasTwice": (wrong_lstm_seq2seq.BiasCountedTwice,
-                         "the gate bias added twice (b_ih + b_hh, both loaded with b)", {}),
-    "ClassifierMaxOverPadding": (wrong_text_classifier.MaxOverPadding, "max pooling over padded positions too", {}),
-    "ClassifierMeanOverT": (wrong_text_classifier.MeanOverT, "mean pooling divided by T", {}),
+#: name: (what it changes, the switches it sets). Each is a change of mha (the name) and of encoder_block's
+#: attention ("Block" + name).
+ATTENTION = {
+    "DivisorSqrtDModel": ("score divisor sqrt(d_model) for sqrt(d_head)", {"divisor": lambda c: c["d_model"]}),
+    "NoMaxShift": ("softmax without the max shift", {"softmax": softmax_without_shift}),
+    "AdditiveFill1e4": ("mask added as -1e4", {"softmax": additive_fill(-1e4)}),
+    "ReplacingFill1e9": ("masked scores replaced by -1e9", {"softmax": replacing_fill(-1e9)}),
 }
-for _name, (_base, _changes, _options) in REUSED.items():
-    globals()[_name] = type(_name, (_base, Changed), {"changes": _changes, "__module__": __name__,
-                                                      **({"options": _options} if _options else {})})
+#: The same for the feed-forward network: of ffn (the name) and of encoder_block's ("Block" + name).
+GELU = {
+    "TanhGelu": ("tanh GELU for the exact one", {"activations": {**ACTIVATIONS, "gelu": gelu_tanh}}),
+    "SigmoidGelu": ("sigmoid GELU for the exact one", {"activations": {**ACTIVATIONS, "gelu": gelu_sigmoid}}),
+}
+for _name, (_changes, _options) in ATTENTION.items():
+    _define(_name, _Attention, _changes, _options)
+    _define("Block" + _name, _Block, _changes, _options)
+for _name, (_changes, _options) in GELU.items():
+    _define(_name, _FeedForward, _changes, _options)
+    _define("Block" + _name, _Block, _changes, _options)
+_define("DivisorDHead", _Attention, "score divisor d_head for sqrt(d_head)", {"divisor": lambda c: c["d_head"] ** 2})
+_define("SigmoidGeluTanh", _FeedForward, "sigmoid GELU for the tanh one",
+        {"activations": {**ACTIVATIONS, "gelu_tanh": gelu_sigmoid}})
+_define("Epsilon1e12", _Block, "layer-norm epsilon 1e-12 (BERT's)", {"epsilon": 1e-12})
+_define("Epsilon1e6", _Block, "layer-norm epsilon 1e-6", {"epsilon": 1e-6})
+_define("Epsilon1e3", _Block, "layer-norm epsilon 1e-3 (Keras' default)", {"epsilon": 1e-3})
+_define("OnePassVariance", _Block, "layer-norm variance as E[v**2] - E[v]**2", {"one_pass": True})
+
+# embedding, lstm_classifier, lstm_seq2seq, text_classifier: tests/wrong_<component>.py's switches
+_define("EmbeddingConcatenated", wrong_embedding.ConcatenatedHalves, "sinusoids as [sin..., cos...] for interleaved")
+_define("EmbeddingExponentByColumn", wrong_embedding.ExponentByColumn,
+        "frequency exponent j / d_model for 2 floor(j/2) / d_model")
+_define("EmbeddingBase1e5", wrong_embedding._Wrong, "sinusoid base 1e5 for 10000", {"base": 1e5})
+_define("EmbeddingScaleMissing", wrong_embedding.MissingScale, "no sqrt(d_model) on the tokens")
+_define("EmbeddingPositionsFromOne", wrong_embedding.PositionsFromOne, "positions counted from 1")
+_define("LstmGateOrderFgio", wrong_lstm_classifier.BookGateOrder, "gate order f, g, i, o for i, f, g, o")
+_define("LstmHardSigmoid", wrong_lstm_classifier.HardSigmoid, "hard sigmoid gates (Keras 2's recurrent_activation)")
+_define("LstmForgetBias1", wrong_lstm_classifier._Wrong, "1 added to the forget gate (TF 1's forget_bias)",
+        {"forget_bias": 1.0})
+_define("Seq2seqGatesIofg", wrong_lstm_seq2seq.GatesInONNXOrder, "gate order i, o, f, g (ONNX) for i, f, g, o")
+_define("Seq2seqScaledScores", wrong_lstm_seq2seq.ScaledScores, "attention scores divided by hidden")
+_define("Seq2seqBiasTwice", wrong_lstm_seq2seq.BiasCountedTwice,
+        "the gate bias added twice (b_ih + b_hh, both loaded with b)")
+_define("ClassifierMaxOverPadding", wrong_text_classifier.MaxOverPadding, "max pooling over padded positions too")
+_define("ClassifierMeanOverT", wrong_text_classifier.MeanOverT, "mean pooling divided by T")
 
 
 #: Every family member, by component.

@@ -3,8 +3,9 @@
 Run in float64 this is the reference every other implementation is compared
 with. The attention and the feed-forward network are the references of the
 `mha` and `ffn` components, called as they are; this file adds the layer
-norms and the residual connections. Section numbers refer to
-spec/encoder_block.md.
+norms and the residual connections, and §8's error bounds, which it carries
+beside the values when the harness asks for diagnostics (text_classifier
+composes them too). Section numbers refer to spec/encoder_block.md.
 """
 
 from __future__ import annotations
