@@ -43,7 +43,11 @@ def test_cells_carry_a_sample_of_examples_and_per_output_ratios(tmp_path):
     samples = cell["samples"]
     assert samples["columns"][-1] == "ratio" and {"d_model", "Lq", "seed", "scale_exp"} <= set(samples["columns"])
     assert 0 < len(samples["rows"]) == samples["total"] and all(len(r) == len(samples["columns"]) for r in samples["rows"])
-    assert max(r[-1] for r in samples["rows"]) == pytest.approx(cell["max_ratio"], rel=1e-3)
+    # the sample holds drawn examples; the worst may be a worked example (`worst` is then null)
+    if cell["worst"] is None:
+        assert max(r[-1] for r in samples["rows"]) <= cell["max_ratio"]
+    else:
+        assert max(r[-1] for r in samples["rows"]) == pytest.approx(cell["max_ratio"], rel=1e-3)
     assert set(cell["output_ratio"]) == {"output", "attention_weights"}
     assert max(cell["output_ratio"].values()) == pytest.approx(cell["max_ratio"])
     skipped = find(data, mode="compiled")

@@ -10,7 +10,6 @@ composes them too). Section numbers refer to spec/encoder_block.md.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, NamedTuple
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from impls.numpy import NumpyImplementation
 
 from impls.numpy import ffn, mha
+from impls.numpy.bounds import extreme, rounding
 
 
 def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
@@ -71,49 +71,18 @@ def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.nd
     if config["norm"] == "post":  # §5.4
         a, attn, a_bound, attn_bound = attention_bound(*w, x, x_bound, mask, diagnostics)
         h, h_bound = norm(*residual(x, x_bound, a, a_bound), 1)
-        f, f_bound = ffn_bound(*w, h, h_bound)
+        f, f_bound = ffn.bound(config, weights, h, h_bound)
         y, y_bound = norm(*residual(h, h_bound, f, f_bound), 2)
     else:  # §5.5
         z, z_bound = norm(x, x_bound, 1)
         a, attn, a_bound, attn_bound = attention_bound(*w, z, z_bound, mask, diagnostics)
         h, h_bound = residual(x, x_bound, a, a_bound)
-        f, f_bound = ffn_bound(*w, *norm(h, h_bound, 2))
+        f, f_bound = ffn.bound(config, weights, *norm(h, h_bound, 2))
         y, y_bound = residual(h, h_bound, f, f_bound)
     return y, attn, None if y_bound is None else Bounds(y_bound, attn_bound)
 
 
-def extreme(diagnostics: dict, name: str, value: float, pick) -> None:
-    """Keep the extreme (`pick`: min or max) of `name` over every value given."""
-    diagnostics[name] = pick(diagnostics.get(name, value), value)
-
-
 # --- §8: the error bounds the budgets scale by ----------------------------------------
-
-#: §8: the largest slope of the exact GELU, Phi(h) + h phi(h) at h = sqrt(2): an error in its input grows by
-#: at most this much.
-GELU_SLOPE = 1.13
-
-
-def rounding(n: int) -> float:
-    """§8: the rounding of a sum of n terms, in eps of the sum of their sizes: sqrt(n - 1) for the n - 1
-    additions, whose errors are independent and add like a random walk, and 1 for storing the result."""
-    return math.sqrt(n - 1) + 1
-
-
-def linear_bound(v: np.ndarray, v_bound: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """§8: v @ W + b and its bound: the input's error carried by |W|, and the rounding of a sum of the
-    d_in + 1 terms."""
-    if v_bound is None:
-        return v @ W + b, None
-    terms = np.abs(v) @ np.abs(W) + np.abs(b)
-    return v @ W + b, carried(v_bound, W) + rounding(v.shape[-1] + 1) * terms
-
-
-def carried(bound: np.ndarray, W: np.ndarray) -> np.ndarray:
-    """§8: errors of up to `bound` in the terms of a product with W, as they reach its result: independent
-    errors of either sign add in quadrature, sqrt(bound**2 @ W**2)."""
-    return np.sqrt(bound**2 @ W**2)
-
 
 def residual(u: np.ndarray, u_bound: np.ndarray | None, v: np.ndarray, v_bound: np.ndarray | None
              ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -145,60 +114,16 @@ def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, bet
     return np.abs(gamma) * n_error + np.abs(n * gamma) + np.abs(n * gamma + beta)
 
 
-def ffn_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
-              v_bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """§5.2 and §8: FFN(v) and its bound, through both projections and the activation, whose slope is at
-    most 1 (relu, exact) or GELU_SLOPE (GELU, which rounds erf and its products too)."""
-    y = ffn.forward(config, weights, {"x": v})["y"]  # (B, T, d_model)
-    if v_bound is None:
-        return y, None
-    h, h_bound = linear_bound(v, v_bound, weights["W_1"], weights["b_1"])  # (B, T, d_ff)
-    a = ffn.ACTIVATIONS[config["activation"]](h)
-    if config["activation"] == "relu":
-        a_bound = h_bound
-    else:
-        a_bound = GELU_SLOPE * h_bound + 3 * np.abs(a) + np.abs(h)
-    return y, linear_bound(a, a_bound, weights["W_2"], weights["b_2"])[1]
-
-
 def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
-                    v_bound: np.ndarray, mask: np.ndarray | None, diagnostics: dict | None = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """§5.1 and §8: self-attention on v as spec/mha.md §6 computes it, and the bounds of its output and
-    weights: each projection's, the scores' (the error of q and k carried by the other's size, and the
-    rounding of the dot product and the scaling), the weights' (relative: the score's error and the rounding
-    of exp at its distance from the row's largest visible score, those of the row as the sum carries them,
-    and the sum's rounding), the context's and the output projection's."""
-    B, T, _ = v.shape
-    H, d = config["num_heads"], config["d_head"]
-    out = mha.forward(config, weights, {"query": v, "key": v, "value": v, "attention_mask": mask})
-    p = out["attention_weights"]  # (B, H, T, T), 0 at every hidden key
+                    v_bound: np.ndarray | None, mask: np.ndarray | None, diagnostics: dict | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """§5.1 and §8: self-attention on v, and the bounds of its output and weights by spec/mha.md §9."""
+    inputs = {"query": v, "key": v, "value": v, "attention_mask": mask}
     if v_bound is None:
-        return out["output"], p, None, None
-
-    def project(name):  # (B, T, H*d) -> (B, H, T, d), value and bound
-        value, bound = linear_bound(v, v_bound, weights[f"W_{name}"], weights[f"b_{name}"])
-        return [a.reshape(B, T, H, d).transpose(0, 2, 1, 3) for a in (value, bound)]
-
-    (q, q_bound), (k, k_bound), (val, val_bound) = project("q"), project("k"), project("v")
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, T, T)
-    terms = np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2) / math.sqrt(d)
-    s_bound = (np.sqrt(q_bound**2 @ (k**2).transpose(0, 1, 3, 2) + q**2 @ (k_bound**2).transpose(0, 1, 3, 2))
-               / math.sqrt(d) + (rounding(d) + 1) * terms)
-    visible = np.broadcast_to(mha.broadcast_mask(mask, B, T, T)[:, None], scores.shape)
-    top = np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True)  # key 0 is always visible (§6)
-    relative = np.where(visible, s_bound + np.abs(scores - top) + 2, 0.0)  # (B, H, T, T)
-    p_bound = p * (relative + (p * relative).sum(axis=-1, keepdims=True) + rounding(T) + 1)  # (B, H, T, T)
-    # each visible weight is held to its row's largest bound: first order no longer holds where a weight has
-    # underflowed in the reference and the row's scores are off by as much as their gaps
-    row_bound = np.where(visible, p_bound.max(axis=-1, keepdims=True), 0.0)
-    context = (p_bound @ np.abs(val) + p @ val_bound + rounding(T) * (p @ np.abs(val)))  # (B, H, T, d)
-    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, T, H * d)  # (B, H, T, d) -> (B, T, H*d)
-    _, a_bound = linear_bound(merge(p @ val), merge(context), weights["W_o"], weights["b_o"])
-    if diagnostics is not None:  # masked scores too in largest_score: an implementation computes every score
-        extreme(diagnostics, "score_scale", float(terms[visible].max()), max)
-        extreme(diagnostics, "largest_score", float(terms.max()), max)
-    return out["output"], p, a_bound, row_bound
+        out = mha.forward(config, weights, inputs)
+        return out["output"], out["attention_weights"], None, None
+    return mha.attention_bound(config, weights, inputs, {"query": v_bound, "key": v_bound, "value": v_bound},
+                               {} if diagnostics is None else diagnostics)
 
 
 class Implementation(NumpyImplementation):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from impls.numpy import NumpyImplementation
+from impls.numpy.bounds import extreme, linear_bound
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -42,27 +43,41 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": relu, "gelu": gelu, "gelu_tanh": gelu_tanh}
 
 
-def magnitude(weights: Mapping[str, np.ndarray], x_abs: np.ndarray) -> np.ndarray:
-    """§8: §5 evaluated with |.| on every weight and bias and the activation left out.
-
-    `x_abs` is the magnitude of the input (|x| for the component on its own).
-    Every activation satisfies |act(h)| <= |h|, so this bounds the terms each
-    output is summed from.
-    """
-    h_abs = x_abs @ np.abs(weights["W_1"]) + np.abs(weights["b_1"])  # (..., d_ff)
-    return h_abs @ np.abs(weights["W_2"]) + np.abs(weights["b_2"])  # (..., d_model)
-
-
 def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
-    """§5: the whole computation in the dtype of the weights; §7: no dropout at inference."""
+    """§5: the whole computation in the dtype of the weights; §7: no dropout at inference. With
+    `diagnostics`, also §8's error bound, which the budget scales by, per element."""
     x = inputs["x"]  # (B, T, d_model)
-    h = x @ weights["W_1"] + weights["b_1"]  # (B, T, d_ff), §5.1
-    a = ACTIVATIONS[config["activation"]](h)  # (B, T, d_ff), §6
-    y = a @ weights["W_2"] + weights["b_2"]  # (B, T, d_model), §5.2
-    if diagnostics is not None:  # the magnitude spec/ffn.md §8 scales the budget by
-        diagnostics["y_scale"] = float(magnitude(weights, np.abs(x)).max())
+    y, y_bound = bound(config, weights, x, None if diagnostics is None else np.zeros(x.shape))
+    if diagnostics is not None:
+        diagnostics["y_bound"] = y_bound
+        # for the range rule: §5 evaluated with |.| on every input, weight and bias and the activation left
+        # out (|act(h)| <= |h| for each of §6), the size of the terms an output sums
+        h_terms = np.abs(x) @ np.abs(weights["W_1"]) + np.abs(weights["b_1"])  # (B, T, d_ff)
+        y_terms = h_terms @ np.abs(weights["W_2"]) + np.abs(weights["b_2"])  # (B, T, d_model)
+        extreme(diagnostics, "largest_output_term", float(y_terms.max()), max)
     return {"y": y}
+
+
+#: §8: the largest slope of the exact GELU, Phi(h) + h phi(h) at h = sqrt(2): an error in its input grows by
+#: at most this much.
+GELU_SLOPE = 1.13
+
+
+def bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_bound: np.ndarray | None
+          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """§5 on x, and §8's bound of the result given x's (None computes none): both projections, and the
+    activation, whose slope is at most 1 (relu, which rounds nothing) or GELU_SLOPE (a GELU, which rounds erf
+    or tanh and the products around it)."""
+    h, h_bound = linear_bound(x, x_bound, weights["W_1"], weights["b_1"])  # (B, T, d_ff), §5.1
+    a = ACTIVATIONS[config["activation"]](h)  # (B, T, d_ff), §6
+    if h_bound is None:
+        a_bound = None
+    elif config["activation"] == "relu":
+        a_bound = h_bound
+    else:
+        a_bound = GELU_SLOPE * h_bound + 3 * np.abs(a) + np.abs(h)
+    return linear_bound(a, a_bound, weights["W_2"], weights["b_2"])  # (B, T, d_model), §5.2
 
 
 class Implementation(NumpyImplementation):

@@ -7,11 +7,13 @@ speed. Section numbers refer to spec/mha.md.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from impls.numpy import NumpyImplementation
+from impls.numpy.bounds import extreme, linear_bound, rounding
 
 
 def broadcast_mask(mask: np.ndarray | None, B: int, Lq: int, Lk: int) -> np.ndarray:
@@ -42,22 +44,34 @@ def finite_fill_softmax(fill: float):
     return softmax
 
 
+def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """§6: the whole computation in the dtype of the weights. With `diagnostics`, also §9's error bounds,
+    which the budgets scale by, per element."""
+    return _bounded(config, weights, inputs, diagnostics, masked_softmax)
+
+
 def masked_by_a_fill_of_1e9(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
                             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
     """What a layer gives whose softmax replaces masked scores by -1e9 and zeroes the masked weights after it
     (keras.layers.Softmax with a mask, which keras.layers.MultiHeadAttention uses): the bound of the ledger's
     entries for it."""
-    return _attend(config, weights, inputs, diagnostics, finite_fill_softmax(-1e9))
+    return _bounded(config, weights, inputs, diagnostics, finite_fill_softmax(-1e9))
 
 
-def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
-            diagnostics: dict | None = None) -> dict[str, np.ndarray]:
-    """§6: the whole computation in the dtype of the weights."""
-    return _attend(config, weights, inputs, diagnostics, masked_softmax)
+def _bounded(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             diagnostics: dict | None, softmax) -> dict[str, np.ndarray]:
+    """The outputs, and with `diagnostics` their bounds (`output_bound`, `weights_bound`) for exact inputs."""
+    if diagnostics is None:
+        return _attend(config, weights, inputs, softmax)
+    exact = {name: np.zeros(inputs[name].shape) for name in ("query", "key", "value")}  # the reference's inputs
+    output, p, diagnostics["output_bound"], diagnostics["weights_bound"] = attention_bound(
+        config, weights, inputs, exact, diagnostics, softmax)
+    return {"output": output, "attention_weights": p}
 
 
 def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
-            diagnostics: dict | None, softmax) -> dict[str, np.ndarray]:
+            softmax) -> dict[str, np.ndarray]:
     H, d_head = config["num_heads"], config["d_head"]
     query, key, value = inputs["query"], inputs["key"], inputs["value"]
     B, Lq, _ = query.shape
@@ -81,20 +95,56 @@ def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
     context = (weights_ @ v).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
     # §6.6 output projection
     output = context @ weights["W_o"] + weights["b_o"]  # (B, Lq, d_model)
-
-    if diagnostics is not None:  # the magnitudes spec/mha.md §9 scales and grows budgets by
-        # each step evaluated with |.| on every input, weight and bias: the size of the terms summed
-        q_abs = project(np.abs(query), np.abs(weights["W_q"]), np.abs(weights["b_q"]), Lq)
-        k_abs = project(np.abs(key), np.abs(weights["W_k"]), np.abs(weights["b_k"]), Lk)
-        v_abs = project(np.abs(value), np.abs(weights["W_v"]), np.abs(weights["b_v"]), Lk)
-        s_abs = q_abs @ k_abs.transpose(0, 1, 3, 2) / np.sqrt(d_head)  # (B, H, Lq, Lk)
-        visible = np.broadcast_to(mask, scores.shape)
-        diagnostics["score_scale"] = float(s_abs[visible].max()) if visible.any() else 0.0
-        diagnostics["largest_score"] = float(s_abs.max())  # masked ones too: an implementation computes every score
-        c_abs = (weights_ @ v_abs).transpose(0, 2, 1, 3).reshape(B, Lq, H * d_head)
-        diagnostics["output_scale"] = float((c_abs @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])).max())
-        diagnostics["visible"] = visible.astype(np.float64)  # §9: 1 where a key is visible, 0 where masked
     return {"output": output, "attention_weights": weights_}
+
+
+# --- §9: the error bounds the budgets scale by ----------------------------------------
+
+def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+                    input_bounds: Mapping[str, np.ndarray], diagnostics: dict, softmax=masked_softmax
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """§6 on `inputs` as the reference computes it, and §9's bounds: (output, attention weights, the output's
+    bound, the weights' bound). `input_bounds` says how far query, key and value may already be off, in eps
+    (zero for the component on its own; what came before inside a block). The bounds are each projection's,
+    the scores' (the error of q and k carried by the other's size, and the rounding of the dot product and the
+    scaling), the weights' (relative: the score's error and the rounding of exp at its distance from the row's
+    largest visible score, those of the row as the sum carries them, and the sum's rounding; every visible
+    weight then held to its row's largest), the context's and the output projection's. `diagnostics` gets
+    `score_scale` and `largest_score`, the largest visible score and the largest of any as sums of the terms'
+    sizes, and `largest_output_term`, the largest size of the terms an output sums (for the range rule)."""
+    H, d = config["num_heads"], config["d_head"]
+    B, Lq, _ = inputs["query"].shape
+    Lk = inputs["key"].shape[1]
+    out = _attend(config, weights, inputs, softmax)
+    p = out["attention_weights"]  # (B, H, Lq, Lk), 0 at every hidden key and in every fully masked row
+
+    def project(name, W):  # (B, L, H*d) -> (B, H, L, d): value and bound
+        value, bound = linear_bound(inputs[name], input_bounds[name], weights[f"W_{W}"], weights[f"b_{W}"])
+        return [a.reshape(B, -1, H, d).transpose(0, 2, 1, 3) for a in (value, bound)]
+
+    (q, q_bound), (k, k_bound), (v, v_bound) = project("query", "q"), project("key", "k"), project("value", "v")
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, Lq, Lk)
+    terms = np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, Lq, Lk)
+    s_bound = (np.sqrt(q_bound**2 @ (k**2).transpose(0, 1, 3, 2) + q**2 @ (k_bound**2).transpose(0, 1, 3, 2))
+               / math.sqrt(d) + (rounding(d) + 1) * terms)
+    visible = np.broadcast_to(broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None], scores.shape)
+    top = np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True)  # (B, H, Lq, 1)
+    top = np.where(np.isfinite(top), top, 0.0)  # a fully masked row has no visible score, and weights 0
+    relative = np.where(visible, s_bound + np.abs(scores - top) + 2, 0.0)  # (B, H, Lq, Lk)
+    p_bound = p * (relative + (p * relative).sum(axis=-1, keepdims=True) + rounding(Lk) + 1)  # (B, H, Lq, Lk)
+    # each visible weight is held to its row's largest bound: first order no longer holds where a weight has
+    # underflowed in the reference and the row's scores are off by as much as their gaps
+    row_bound = np.where(visible, p_bound.max(axis=-1, keepdims=True), 0.0)
+    context = p @ v  # (B, H, Lq, d)
+    context_bound = p_bound @ np.abs(v) + p @ v_bound + rounding(Lk) * (p @ np.abs(v))
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, Lq, H * d)  # (B, H, Lq, d) -> (B, Lq, H*d)
+    _, output_bound = linear_bound(merge(context), merge(context_bound), weights["W_o"], weights["b_o"])
+    # masked scores too in largest_score: an implementation computes every score
+    extreme(diagnostics, "score_scale", float(terms[visible].max()) if visible.any() else 0.0, max)
+    extreme(diagnostics, "largest_score", float(terms.max()), max)
+    output_terms = merge(p @ np.abs(v)) @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])
+    extreme(diagnostics, "largest_output_term", float(output_terms.max()), max)
+    return out["output"], p, output_bound, row_bound
 
 
 class Implementation(NumpyImplementation):

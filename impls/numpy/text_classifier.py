@@ -15,6 +15,7 @@ import numpy as np
 
 from impls.numpy import NumpyImplementation
 from impls.numpy import embedding, encoder_block
+from impls.numpy.bounds import linear_bound
 
 #: The encoder block's parameters this model fixes (§5.2): post-norm and ReLU, as the seed's block.
 BLOCK = {"norm": "post", "activation": "relu"}
@@ -90,7 +91,7 @@ def _classify(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inpu
 
     if diagnostics is not None:  # §7: the last block's bound through the pooling and the head
         pooled_bound = pool_bound(x, x_bound, pooled_over, config["pooling"])  # (B, d_model)
-        _, z_bound = encoder_block.linear_bound(pooled, pooled_bound, weights["W_c"], weights["b_c"])
+        _, z_bound = linear_bound(pooled, pooled_bound, weights["W_c"], weights["b_c"])
         if config["head"] == "sigmoid":  # slope y (1 - y) <= 1/4; exp rounds at |z|, the sum and division twice
             z_bound = y * (1 - y) * (z_bound + np.abs(z) + 1) + 2 * y
         diagnostics["pooled_bound"], diagnostics["y_bound"] = pooled_bound, z_bound
@@ -98,7 +99,7 @@ def _classify(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inpu
 
 
 #: §7: the embedding's growth, embedding §8.
-EMBEDDING_GROWTH = 4
+EMBEDDING_GROWTH = 2
 
 
 def pool_bound(x: np.ndarray, x_bound: np.ndarray, real: np.ndarray, how: str) -> np.ndarray:
