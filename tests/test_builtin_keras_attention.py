@@ -32,6 +32,9 @@ MHA_PADDING = {**_MHA, "mask": "padding", "seed": 1}  # d_head = 4: 1/sqrt(d_hea
 MHA_ROW = {**_MHA, "mask": "random", "seed": 2}  # masks query row 1 of batch 0 fully (§7.4)
 MHA_FILL = {**_MHA, "mask": "padding", "scale_exp": 5, "seed": 2}  # a row whose visible scores are all below -1e9
 MHA_CAUSAL = {**_MHA, "d_model": 6, "num_heads": 3, "d_head": 2, "mask": "causal", "seed": 3}  # (Lq, Lk) mask
+# d_head = 1 and Lk = num_heads: where keras.ops.add on TensorFlow adds the key's and value's bias by position
+MHA_HEAD_BIAS = {**_MHA, "d_model": 1, "num_heads": 2, "d_head": 1, "dropout": 0.0, "B": 1, "Lq": 1, "Lk": 2,
+                 "mask": "none", "seed": 0}
 _BLOCK = {"num_heads": 2, "d_ff": 3, "activation": "relu", "norm": "pre", "dropout": 0.0, "B": 4, "T": 8,
           "mask": "padding"}
 BLOCK = {**_BLOCK, "d_model": 4, "d_head": 3, "activation": "gelu", "epsilon": 0.001, "dropout": 0.1,
@@ -46,7 +49,9 @@ CASES = {
     "mha float64 d_head=2": ("mha", SCORES, "float64", MHA_CAUSAL),
     "mha float64 masked row": ("mha", SCORES, "float64", MHA_ROW),
     "mha float64 past the fill": ("mha", SCORES, "float64", MHA_FILL),
+    "mha float32 d_head=1": ("mha", SCORES, "float32", MHA_HEAD_BIAS),
     "dpa float32": ("mha", NO_SCORES, "float32", MHA_CAUSAL),
+    "dpa float32 d_head=1": ("mha", NO_SCORES, "float32", MHA_HEAD_BIAS),
     "dpa float32 masked row": ("mha", NO_SCORES, "float32", MHA_ROW),
     "dpa float64": ("mha", NO_SCORES, "float64", MHA_PADDING),
     "dpa float64 d_head=2": ("mha", NO_SCORES, "float64", MHA_CAUSAL),
@@ -63,6 +68,8 @@ DEVIATES = {
         "mha float64 d_head=2": "keras-mha-tensorflow-float64-score-scale",
         "dpa float32 masked row": "keras-mha-dot-product-attention-fully-masked-row",
         "dpa float64 d_head=2": "keras-mha-dot-product-attention-tensorflow-float64-score-scale",
+        "mha float32 d_head=1": "keras-mha-tensorflow-bias-added-by-position",
+        "dpa float32 d_head=1": "keras-mha-dot-product-attention-tensorflow-bias-added-by-position",
     },
     "torch": {
         "mha float64 past the fill": "keras-mha-float64-mask-fill-1e9",

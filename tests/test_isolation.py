@@ -137,7 +137,9 @@ def test_interrupted_runs_keep_finished_cells_and_resume_to_the_same_results(sig
         time.sleep(rng.uniform(0.0, 0.7) * seconds)
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=120)
-        if proc.returncode == 0:  # it finished first: nothing to resume
+        # it finished first, or the signal came after the results were written and the journal removed, when
+        # the default handler is back and ends the process by the signal: nothing to resume either way
+        if proc.returncode == 0 or (proc.returncode == -signum and not journal.exists()):
             assert cells_of(out).keys() == whole.keys()
             continue
         assert proc.returncode == code, stdout + stderr

@@ -59,19 +59,28 @@ def masked_by_a_fill_of_1e9(config: Mapping[str, Any], weights: Mapping[str, np.
     return _bounded(config, weights, inputs, diagnostics, finite_fill_softmax(-1e9))
 
 
+def biases_added_by_position(config: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+                             inputs: Mapping[str, Any], diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """What keras.layers.MultiHeadAttention gives on TensorFlow, where keras.ops.add takes a (num_heads, 1) bias
+    for a vector and adds it with tf.nn.bias_add along axis 1 of the (B, L, num_heads, 1) projection, the
+    positions, whenever d_head = 1 and L = num_heads > 1: position l of the query, key or value gets head l's
+    bias in every head. The bound of the ledger's entries for it; its error bounds are the spec's."""
+    return _bounded(config, weights, inputs, diagnostics, masked_softmax, bias_by_position=True)
+
+
 def _bounded(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
-             diagnostics: dict | None, softmax) -> dict[str, np.ndarray]:
+             diagnostics: dict | None, softmax, bias_by_position: bool = False) -> dict[str, np.ndarray]:
     """The outputs, and with `diagnostics` their bounds (`output_bound`, `weights_bound`) for exact inputs."""
     if diagnostics is None:
-        return _attend(config, weights, inputs, softmax)
+        return _attend(config, weights, inputs, softmax, bias_by_position)
     exact = {name: np.zeros(inputs[name].shape) for name in ("query", "key", "value")}  # the reference's inputs
     output, p, diagnostics["output_bound"], diagnostics["weights_bound"] = attention_bound(
-        config, weights, inputs, exact, diagnostics, softmax)
+        config, weights, inputs, exact, diagnostics, softmax, bias_by_position)
     return {"output": output, "attention_weights": p}
 
 
 def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
-            softmax) -> dict[str, np.ndarray]:
+            softmax, bias_by_position: bool = False) -> dict[str, np.ndarray]:
     H, d_head = config["num_heads"], config["d_head"]
     query, key, value = inputs["query"], inputs["key"], inputs["value"]
     B, Lq, _ = query.shape
@@ -80,6 +89,8 @@ def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
 
     # §6.1 projections, §6.2 head split: (B, L, H*d_head) -> (B, H, L, d_head)
     def project(x, W, b, L):
+        if bias_by_position and d_head == 1 and L == H > 1:  # see biases_added_by_position
+            return ((x @ W).reshape(B, L, H, 1) + b.reshape(1, L, 1, 1)).transpose(0, 2, 1, 3)
         return (x @ W + b).reshape(B, L, H, d_head).transpose(0, 2, 1, 3)
 
     q = project(query, weights["W_q"], weights["b_q"], Lq)  # (B, H, Lq, d_head)
@@ -101,8 +112,8 @@ def _attend(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
 # --- §9: the error bounds the budgets scale by ----------------------------------------
 
 def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
-                    input_bounds: Mapping[str, np.ndarray], diagnostics: dict, softmax=masked_softmax
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                    input_bounds: Mapping[str, np.ndarray], diagnostics: dict, softmax=masked_softmax,
+                    bias_by_position: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """§6 on `inputs` as the reference computes it, and §9's bounds: (output, attention weights, the output's
     bound, the weights' bound). `input_bounds` says how far query, key and value may already be off, in eps
     (zero for the component on its own; what came before inside a block). The bounds are each projection's,
@@ -115,7 +126,7 @@ def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
     H, d = config["num_heads"], config["d_head"]
     B, Lq, _ = inputs["query"].shape
     Lk = inputs["key"].shape[1]
-    out = _attend(config, weights, inputs, softmax)
+    out = _attend(config, weights, inputs, softmax, bias_by_position)
     p = out["attention_weights"]  # (B, H, Lq, Lk), 0 at every hidden key and in every fully masked row
 
     def project(name, W):  # (B, L, H*d) -> (B, H, L, d): value and bound
@@ -168,3 +179,10 @@ def score_scale_inexact_in_float32(example: Mapping[str, Any], inputs: Mapping[s
     """§6.3: the score scale 1 / sqrt(d_head) is not a float32 number (d_head is not a power of 4)."""
     scale = 1.0 / np.sqrt(example["d_head"])
     return bool(np.float32(scale) != scale)
+
+
+def per_head_bias_meets_positions(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§6.1: d_head = 1 and the query or key length equals num_heads > 1, where a per-head bias of shape
+    (num_heads, 1) and the positions of a projection have the same length."""
+    H = example["num_heads"]
+    return example["d_head"] == 1 and H > 1 and H in (example["Lq"], example["Lk"])
