@@ -17,7 +17,7 @@ import pytest
 
 from conformance import conditions, generate
 from conformance.components import COMPONENTS
-from conformance.engine import run_cell
+from conformance.engine import NonConformance, Runner, run_cell
 from conformance.registry import resolve
 from conformance.spec import list_components, load_spec
 from conformance.vocabulary import DTYPES
@@ -137,20 +137,23 @@ def test_every_component_has_wrong_implementations():
 @pytest.mark.parametrize("component, name", MISTAKES, ids=[f"{c}-{n}" for c, n in MISTAKES])
 def test_wrong_implementation_is_rejected_naming_the_section_it_breaks(component, name):
     """Rejected in float32, for the reason it declares (`says`), naming the section it breaks (`breaks`; first,
-    where its region or a parameter pins the rule down), with a shrunk counterexample that replays, or by the
-    worked example it names where random examples rarely catch it."""
+    where its region or a parameter pins the rule down), with a shrunk counterexample that replays; or, where
+    random examples rarely reach it, by the worked example it names, and by the cell whatever it meets first."""
     module = _wrong_module(component)
     mistake, spec = getattr(module, name), load_spec(ROOT / "spec" / f"{component}.md")
     target = f"{ROOT / 'tests' / f'wrong_{component}.py'}:{name}"
-    if mistake.worked:
+    if mistake.worked:  # the worked example it names catches it, whatever the search meets first
+        worked = next(w for w in spec.examples if w.name == mistake.worked)
+        with pytest.raises(NonConformance) as caught:
+            Runner(spec, resolve(component, target), "float32", "cpu").run_worked(worked)
+        assert mistake.says in str(caught.value) and mistake.breaks in worked.sections, (caught.value, worked.sections)
         cell = run_cell(spec, resolve(component, target), "float32", "cpu", max_examples=100)
         assert cell.verdict == "non-conformant" and mistake.says in cell.reason, cell.reason
-        assert cell.reason.startswith(f"worked example {mistake.worked!r}"), cell.reason
-    else:
-        cell = rejected(spec, target, reason=mistake.says, max_examples=100)
-        shrunk = {**module.SHRUNK, **mistake.shrunk}
-        assert {k: cell.counterexample[k] for k in shrunk} == shrunk and cell.counterexample["seed"] <= 10, \
-            cell.counterexample
+        return
+    cell = rejected(spec, target, reason=mistake.says, max_examples=100)
+    shrunk = {**module.SHRUNK, **mistake.shrunk}
+    assert {k: cell.counterexample[k] for k in shrunk} == shrunk and cell.counterexample["seed"] <= 10, \
+        cell.counterexample
     if not mistake.breaks:
         assert cell.sections == [], cell.sections
     elif mistake.first:

@@ -110,11 +110,9 @@ class InterleavedHeads(_Wrong):
 
 
 class TransposedOutputProjection(_Wrong):
-    """Uses W_o in PyTorch's (out, in) layout (§3), where the shapes allow it (d_model = num_heads * d_head); the
-    failure names §6.6, the product W_o enters. The default profile's draws reach such a shape (the first in the
-    scale_exp = 2 stratum), and the worked example 'two heads by hand' has one too."""
-    breaks, says = '6.6', 'differs from the reference'
-    shrunk = {"scale_exp": 2}  # the first square W_o drawn is in that stratum
+    """Uses W_o in PyTorch's (out, in) layout (§3)."""
+    breaks, says = '3', 'differs from the reference'
+    worked = 'two heads by hand'
     options = {"transpose_output": True}
 
 
