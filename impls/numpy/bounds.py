@@ -1,4 +1,4 @@
-"""The error bounds that mha, ffn, encoder_block and text_classifier carry beside their values.
+"""The error bounds that mha, ffn, encoder_block, text_classifier and lstm_classifier carry beside their values.
 
 A bound is an array of the value's shape, in units of the dtype's eps: how far
 a correct implementation's value may be from the reference's, to first order,
