@@ -93,10 +93,10 @@ def residual(u: np.ndarray, u_bound: np.ndarray | None, v: np.ndarray, v_bound: 
 def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray,
                epsilon: float) -> np.ndarray | None:
     """§8: the bound of LN(v) over the last axis, from its input's bound and its own rounding: the mean,
-    the deviations, their mean square, the square root, the division and gamma, beta. The mean's rounding
-    counts with one feature too, where an implementation that subtracts it first gets beta exactly but one
-    that folds it into a bias (x * inv + (beta - mean * inv)) gets beta up to numbers of size
-    |x * gamma| / sqrt(epsilon)."""
+    the deviations, their mean square, the square root, the division and gamma, beta. The roundings of an
+    implementation that folds the mean into a bias (v * inv + (beta - mean * inv), inv = gamma / s) count
+    too: three, of numbers of size |v * gamma| / s, which with one feature are all that keeps it from
+    beta."""
     if v_bound is None:
         return None
     d_model = v.shape[-1]
@@ -110,7 +110,8 @@ def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, bet
                        + np.abs(deviation))
     var_error = 2 * (np.abs(deviation) * deviation_error).mean(axis=-1, keepdims=True) + (rounding(d_model) + 1) * var
     s_error = 0.5 * var_error / (var + epsilon) + 2  # relative: half the variance's, the sum with epsilon, the root
-    n_error = deviation_error / s + np.abs(n) * (s_error + 1)
+    folded = (np.abs(v) + 2 * np.abs(v).mean(axis=-1, keepdims=True)) / s  # v * inv, mean * inv, beta - mean * inv
+    n_error = deviation_error / s + np.abs(n) * (s_error + 1) + folded
     return np.abs(gamma) * n_error + np.abs(n * gamma) + np.abs(n * gamma + beta)
 
 
