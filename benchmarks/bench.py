@@ -7,6 +7,7 @@
     python benchmarks/bench.py ci               # `.ci/run` from a fresh clone of this checkout
     python benchmarks/bench.py report           # the report of 5,000 cells: bytes, seconds to write, to open
     python benchmarks/bench.py first-failure    # examples to the first failure of each wrong implementation in tests/
+    python benchmarks/bench.py baseline-matrix  # the baseline's eager runs (reports/README.md), wall time each
 
 Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
 with the machine's description and the compilation cache used (CONFORMANCE_CACHE_DIR;
@@ -313,6 +314,33 @@ def bench_headroom(args: argparse.Namespace) -> None:
                         "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()}})
 
 
+#: The commands that make the committed baseline (reports/README.md), as (KERAS_BACKEND, conformance arguments).
+BASELINE_RUNS = [(None, ["--framework", "numpy", "--framework", "torch"])] + [
+    (backend, ["--framework", "keras"]) for backend in ("torch", "tensorflow", "jax")]
+
+
+def bench_baseline_matrix(args: argparse.Namespace) -> None:
+    """The baseline's four eager runs (dev profile, -j 2), each timed, with the checkout at `--tree` (another
+    commit's tree, to compare before and after in one sitting) or this one; results go to a temporary folder."""
+    tree = Path(args.tree).resolve() if args.tree else ROOT
+    seconds, totals = {}, {}
+    with tempfile.TemporaryDirectory() as out:
+        for backend, framework in BASELINE_RUNS:
+            name = "numpy-torch" if backend is None else f"keras-{backend}"
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            if backend:
+                env["KERAS_BACKEND"] = backend
+            seconds[name], _ = timed([sys.executable, "-m", "conformance", "run", *framework, "--device", "cpu",
+                                      "--mode", "eager", "--profile", "dev", "-o", f"{out}/{name}.json"],
+                                     cwd=tree, env=env)
+            done = cells(Path(out) / f"{name}.json")
+            totals[name] = {"cells": len(done), "examples": sum(c["examples"] for c in done),
+                            "property_examples": sum(r.get("examples", 0) for c in done
+                                                     for r in (c.get("properties") or {}).values())}
+    record("baseline-matrix", {"tree": str(tree), "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                               "runs": totals})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="benchmark", required=True)
@@ -346,6 +374,10 @@ def main() -> None:
     headroom.add_argument("--examples", type=int, default=1000)
     headroom.add_argument("--results", nargs="*", help="results files to tabulate instead of a new run")
     headroom.set_defaults(func=bench_headroom)
+    matrix = sub.add_parser("baseline-matrix")
+    matrix.add_argument("--tree", help="a checkout of another commit to time instead of this one "
+                                       "(e.g. made with `git worktree add`)")
+    matrix.set_defaults(func=bench_baseline_matrix)
     args = p.parse_args()
     args.func(args)
 

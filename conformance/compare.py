@@ -6,7 +6,11 @@ A regression is one of:
   (another verdict, or another reason class; see `reason_class`);
 - a largest error / budget that grew past `factor` times the baseline's, even inside the budget.
   A baseline below `floor` (a tiny fraction of the budget, e.g. an exact float64 result) counts as
-  `floor`, so noise around zero is not a regression; such growth is listed as a note.
+  `floor`, so noise around zero is not a regression; such growth is listed as a note;
+- a property (spec/README.md, "Properties") that held and now fails, named with its new reason, whatever
+  the verdict did: a cell that already failed the reference comparison can break a property too. One that
+  failed and now holds is an improvement. Where the slot's verdict changed because of that property alone,
+  the property's line says it and the verdict's is not repeated.
 
 Slots are matched by (component, implementation, backend, device, mode, dtype); a slot
 run in several environments is judged by its worst cell (`merge.representative`).
@@ -19,12 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.merge import slots
-from conformance.vocabulary import Slot, Verdict
+from conformance.vocabulary import Held, Slot, Verdict
 
 DEFAULT_FACTOR = 2.0
 DEFAULT_FLOOR = 1e-3
 _FAILED = (Verdict.NON_CONFORMANT, Verdict.ERROR)
 _DID_NOT_RUN = (Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE)
+#: A property that held (off the CPU, perhaps not to the bit): one that held and now fails has regressed; one
+#: that failed and now holds improved.
+_HELD = (Held.HELD, Held.NON_DETERMINISTIC)
 #: At most this many slots are named when a whole group is only in one of the two documents.
 _NAMED = 5
 
@@ -75,6 +82,7 @@ def reason_class(cell: dict[str, Any]) -> str:
         (r"^output ('[^']*') has \d+ non-finite", "output {0} non-finite"),
         (r"^returned (\w+)", "returned {0}"),
         (r"^([\w.]+(?:Error|Exception)):", "{0}"),
+        (r"^property (\w+)", "property {0}"),
     ]
     for pattern, form in patterns:
         if m := re.match(pattern, reason):
@@ -104,10 +112,48 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float 
                 result.changes.append(Change(key, "regression", f"new slot, {reason_class(now)}"))
             continue
         result.compared += 1
+        properties = property_changes(was, now)
         what = _change(was, now, factor, floor)
-        if what is not None:
+        if what is not None and not _said_by_property(what[0], was, now, properties):
             result.changes.append(Change(key, *what))
+        result.changes += [Change(key, *change) for change in properties.values()]
     return result
+
+
+def property_changes(was: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Property name -> (kind, text) for each property of a slot that held and now fails (a regression),
+    or failed and now holds (an improvement); one the baseline has no record of is not compared."""
+    before = was.get("properties") or {}  # none in a file older than conformance-results/6
+    found = {}
+    for name, record in (now.get("properties") or {}).items():
+        if name not in before:
+            continue
+        s0, s1 = Held(before[name]["status"]), Held(record["status"])
+        where = f" ({', '.join(record['sections'])})" if record["sections"] else ""
+        if s0 in _HELD and s1 == Held.FAILED:
+            found[name] = ("regression", f"property {name}{where} was {s0}, now failed: {record['reason']}")
+        elif s0 == Held.FAILED and s1 in _HELD:
+            found[name] = ("improvement", f"property {name}{where} was failed, now {s1}")
+    return found
+
+
+def failed_property(cell: dict[str, Any]) -> str | None:
+    """The property whose failure is the cell's verdict (the engine gives the cell that property's
+    counterexample), or None where the verdict comes from elsewhere."""
+    for name, record in (cell.get("properties") or {}).items():
+        if record["status"] == Held.FAILED and record["counterexample"] is not None \
+                and record["counterexample"] == cell["counterexample"]:
+            return name
+    return None
+
+
+def _said_by_property(kind: str, was: dict[str, Any], now: dict[str, Any],
+                      properties: dict[str, tuple[str, str]]) -> bool:
+    """Whether a slot's change of verdict is one of its property changes: a regression to a failure that
+    is a property's, or an improvement from one."""
+    cell = now if kind == "regression" else was
+    name = failed_property(cell) if Verdict(cell["verdict"]) in _FAILED else None
+    return name in properties and properties[name][0] == kind
 
 
 def _change(was: dict[str, Any], now: dict[str, Any], factor: float, floor: float) -> tuple[str, str] | None:

@@ -34,15 +34,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, target
-from hypothesis.errors import Unsatisfiable
+from hypothesis.errors import Flaky, Unsatisfiable
 from hypothesis import seed as hypothesis_seed
 
-from conformance import conditions, deviations, evidence, generate, tolerances
+from conformance import conditions, deviations, evidence, generate, properties, tolerances
 from conformance.deviations import Deviation
 from conformance.spec import Example, Spec, Tensor, evaluate, expression_names
 from conformance.tolerances import DTYPE_CONSTANTS, dtype_constants, finfo
 from conformance.registry import Registered
-from conformance.vocabulary import DEVICES, DTYPES, MODES, numpy_dtype, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, MODES, Held, numpy_dtype, Property, Verdict
 from impls import compilation_cache_dir
 
 
@@ -76,6 +76,9 @@ REGION_SHARE = 4
 REGION_EXAMPLES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
+#: Keys a replayed example may carry beside its parameters: the property it checks, the other shapes of a
+#: statelessness sequence, and the examples run on its instance before it.
+REPLAY_KEYS = ("property", "then", "after")
 
 
 class Event(str, Enum):
@@ -230,6 +233,8 @@ class CellResult:
     deviation: str | None = None  # the ledger entry's id, when known_deviations > 0
     repro: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)  # framework versions, precision flags
+    # the spec's properties (conformance/properties.py): name -> what each came to, with its counterexample
+    properties: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": Verdict(self.verdict).value}
@@ -308,7 +313,12 @@ class Runner:
                                    for n in expression_names(scale) | expression_names(growth)}
                                   - set(spec.params) - set(spec.magnitudes()) - set(DTYPE_CONSTANTS))
         self._instances: dict[tuple, Any] = {}
+        self._history: dict[tuple, list[dict[str, Any]]] = {}  # config -> the drawn examples its instance ran
         self.shapes_seen: set[tuple] = set()
+        self.seen: dict[tuple, dict[str, Any]] = {}  # shapes -> an example that had them (a sequence's other shape)
+        # told of a failure that a fresh instance does not repeat: (the example with the calls before it that
+        # make it fail, `after`, and the reason); the cell records it as statelessness failing
+        self.on_stateful: Callable[[dict[str, Any], str], None] = lambda example, reason: None
         self.compile_seconds = 0.0
         self.conformed_under: dict[str, tuple[Deviation, dict[str, Any]]] = {}  # entry id -> (entry, example)
         # the arrays of the example `check` ran last: "weights" and "inputs" as the candidate received them,
@@ -316,34 +326,104 @@ class Runner:
         self.last: dict[str, Any] = {}
 
     def instance(self, config: Mapping[str, Any]) -> Any:
+        """The cell's instance for this layer config, built at its first use."""
         key = tuple(sorted(config.items()))
+        if key not in self._instances:
+            self._instances[key] = self.fresh(config)
+            self._history[key] = []
+        return self._instances[key]
+
+    def fresh(self, config: Mapping[str, Any]) -> Any:
+        """A new instance for this layer config, for this use alone."""
         reason = self.impl.unsupported_config(config)
         if reason is not None:
             raise ConfigUnsupported(reason)
-        if key not in self._instances:
-            extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
-            try:
-                self._instances[key] = self.impl.load().build(dict(config), dtype=self.dtype, device=self.device,
-                                                              **extra)
-            except Exception as e:
-                self._instances[key] = NonConformance(f"build raised {_describe_exception(e)}")
-        built = self._instances[key]
-        if isinstance(built, NonConformance):
-            raise built
-        return built
+        extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
+        try:
+            return self.impl.load().build(dict(config), dtype=self.dtype, device=self.device, **extra)
+        except Exception as e:
+            raise NonConformance(f"build raised {_describe_exception(e)}") from None
 
     def run(self, example: Mapping[str, Any]) -> Outcome:
-        self.progress(Event.EXAMPLE, dict(example))
+        """A drawn example on the cell's instance for its config. One that fails there, where that instance
+        has run other examples before, runs again on a fresh instance: if that passes, the failure came from
+        the earlier calls, which is statelessness failing (`on_stateful`, with the calls that make it fail from
+        a fresh instance), and the fresh instance's outcome counts and replaces the other.
+
+        An example with `after` (a replay of such a failure) runs on a fresh instance after those examples."""
+        self.progress(Event.EXAMPLE, {k: v for k, v in example.items() if k not in REPLAY_KEYS})
         weights, inputs = generate.make_arrays(self.spec, example)
-        return self.compare(generate.layer_config(self.spec, example), example, weights, inputs)
+        config = generate.layer_config(self.spec, example)
+        if example.get("after"):  # a replay: the failure must come back after these calls, and not without them
+            try:
+                return self.compare(config, example, weights, inputs, instance=self.after(example["after"], config))
+            except NonConformance as e:
+                outcome = self.compare(config, example, weights, inputs, instance=self.fresh(config))
+                self.on_stateful(dict(example), e.reason)
+                return outcome
+        try:
+            outcome = self.compare(config, example, weights, inputs)
+        except NonConformance as e:
+            key = tuple(sorted(config.items()))
+            history = self._history.get(key, [])
+            if not history or isinstance(self._instances.get(key), NonConformance):
+                raise
+            fresh = self.fresh(config)
+            try:
+                outcome = self.compare(config, example, weights, inputs, instance=fresh)
+            except NonConformance:
+                raise e from None
+            self._instances[key], self._history[key] = fresh, [dict(example)]
+            passed = self.last  # the fresh instance's arrays, which the replays below would replace
+            self.on_stateful(self.calls_that_fail(example, history), e.reason)
+            self.last = passed
+            return outcome
+        self._history.setdefault(tuple(sorted(config.items())), []).append(
+            {k: v for k, v in example.items() if k not in REPLAY_KEYS})
+        return outcome
+
+    def after(self, examples: list[Mapping[str, Any]], config: Mapping[str, Any]) -> Any:
+        """A fresh instance that has been loaded with and called on each of `examples` (their outputs unjudged)."""
+        instance = self.fresh(config)
+        for before in examples:
+            w, x = generate.make_arrays(self.spec, before)
+            w, x = generate.cast(w, self.dtype), generate.cast(x, self.dtype)
+            try:
+                instance.load({k: v.copy() for k, v in w.items()})
+                instance({k: None if v is None else v.copy() for k, v in x.items()})
+            except Exception:
+                pass  # a call that raises is judged where it is the example's own
+        return instance
+
+    def calls_that_fail(self, example: Mapping[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The example with the fewest earlier calls (`after`) of those tried that make it fail from a fresh
+        instance: the last one, the first one, the last eight; all of them if none of those does."""
+        config = generate.layer_config(self.spec, example)
+        weights, inputs = generate.make_arrays(self.spec, example)
+        tries = [history[-1:], history[:1], history[-8:]]
+        for calls in dict.fromkeys(tuple(json.dumps(c, sort_keys=True) for c in t) for t in tries):
+            after = [json.loads(c) for c in calls]
+            try:
+                self.compare(config, example, weights, inputs, instance=self.after(after, config))
+            except (NonConformance, KnownDeviation):
+                return {**example, "after": after}
+            except ConfigUnsupported:
+                break
+        return {**example, "after": list(history)}
 
     def run_worked(self, worked: Example) -> Outcome:
+        """A worked example, on a fresh instance: it checks the implementation's logic, apart from what earlier
+        calls may have left in the cell's instances (statelessness, `run`, checks that). Where shapes compile,
+        on the cell's instance, since a fresh one compiles anew (a Keras model on JAX: seconds apiece)."""
         self.progress(Event.WORKED, {"worked_example": worked.name})
         weights, inputs = generate.worked_arrays(self.spec, worked.weights, worked.inputs)
-        return self.compare(generate.layer_config(self.spec, worked.config), worked.config, weights, inputs)
+        config = generate.layer_config(self.spec, worked.config)
+        return self.compare(config, worked.config, weights, inputs,
+                            instance=self.instance(config) if self.pooled else self.fresh(config))
 
     def compare(self, config: Mapping[str, Any], example: Mapping[str, Any],
-                weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
+                weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any], instance: Any = None,
+                load: bool = True) -> Outcome:
         """`check` the example; where ledger entries cover it, a failure must stay within their bounds.
 
         The bounds are tried one entry at a time, then all the covering entries together; the first that
@@ -351,9 +431,9 @@ class Runner:
         """
         covering = [d for d in self.ledger if d.matches(example, inputs) and self.models_a_change(d, example, weights, inputs)]
         if not covering:
-            return self.check(config, example, weights, inputs)
+            return self.check(config, example, weights, inputs, instance, load)
         try:
-            outcome = self.check(config, example, weights, inputs)
+            outcome = self.check(config, example, weights, inputs, instance, load)
         except NonConformance as e:
             if self.last.get("outputs") is None:  # it raised, or returned no outputs: no bound holds that
                 raise
@@ -401,8 +481,10 @@ class Runner:
         return [v for k, v in self.conformed_under.items() if k not in deviated]
 
     def check(self, config: Mapping[str, Any], example: Mapping[str, Any],
-              weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> Outcome:
-        """Run the candidate on the example and judge its outputs against the reference."""
+              weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any], instance: Any = None,
+              load: bool = True) -> Outcome:
+        """Run the candidate (`instance`, else the cell's for the config; `load`: with the example's weights
+        loaded first, else with those it holds) on the example and judge its outputs against the reference."""
         with np.errstate(over="ignore"):  # a value beyond the dtype's range rounds to inf: check_range says so
             weights, inputs = generate.cast(weights, self.dtype), generate.cast(inputs, self.dtype)
         self.last = {"weights": weights, "inputs": inputs, "reference": None, "outputs": None, "diagnostics": {}}
@@ -413,14 +495,15 @@ class Runner:
         self.last = {"weights": weights, "inputs": inputs, "reference": reference, "outputs": None,
                      "diagnostics": diagnostics}
         self.check_range(weights, inputs, diagnostics)
-        instance = self.instance(config)
-        shapes = (tuple(sorted(config.items())),
-                  tuple((k, None if v is None else v.shape) for k, v in inputs.items()))
+        instance = self.instance(config) if instance is None else instance
+        shapes = self.shapes_key(example, inputs)
+        self.seen.setdefault(shapes, {k: v for k, v in example.items() if k not in REPLAY_KEYS})
         first = self.pooled and shapes not in self.shapes_seen
         if first:
             self.progress(Event.COMPILE, dict(example))
         try:
-            instance.load({k: v.copy() for k, v in weights.items()})
+            if load:
+                instance.load({k: v.copy() for k, v in weights.items()})
             start = time.perf_counter()
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
             if first:
@@ -431,6 +514,116 @@ class Runner:
             self.shapes_seen.add(shapes)
         self.last["outputs"] = named_outputs(got, self.outputs)
         return self.judge(example, inputs)
+
+    def shapes_key(self, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> tuple:
+        """What a compiled function is specialised on: the layer config and the inputs' shapes."""
+        return (tuple(sorted(generate.layer_config(self.spec, example).items())),
+                tuple((k, None if v is None else np.shape(v)) for k, v in inputs.items()))
+
+    def in_range(self, example: Mapping[str, Any], weights: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+        """Whether these (rounded) arrays keep the example inside the dtype's range rule (`check_range`)."""
+        diagnostics: dict[str, float] = {}
+        try:
+            with np.errstate(all="ignore"):
+                self.reference(example, generate.cast(weights, "float64"), generate.cast(inputs, "float64"),
+                               diagnostics=diagnostics)
+            self.check_range(weights, inputs, diagnostics)
+        except OutOfRange:
+            return False
+        return True
+
+    def call_again(self, example: Mapping[str, Any], weights: Mapping[str, Any],
+                   inputs: Mapping[str, Any]) -> Mapping[str, Any] | str:
+        """A fresh instance for the example's config (the cell's own where shapes compile), loaded with `weights`,
+        on `inputs`: its outputs by name, or the description of what it raised."""
+        config = generate.layer_config(self.spec, example)
+        instance = self.instance(config) if self.pooled else self.fresh(config)
+        try:
+            instance.load({k: v.copy() for k, v in weights.items()})
+            return named_outputs(instance({k: None if v is None else v.copy() for k, v in inputs.items()}),
+                                 self.outputs)
+        except NonConformance as e:
+            return e.reason
+        except Exception as e:
+            return _describe_exception(e)
+
+    def other_shape(self, example: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An example of the same layer config with other input shapes: where shapes compile, one this cell
+        has run; elsewhere each ranged data parameter one step up its domain (down from its top), other seed."""
+        config = generate.layer_config(self.spec, example)
+        if self.pooled:
+            weights, inputs = generate.make_arrays(self.spec, example)
+            own = self.shapes_key(example, inputs)
+            return next((dict(e) for k, e in self.seen.items()
+                         if k != own and generate.layer_config(self.spec, e) == config), None)
+        other = {k: v for k, v in example.items() if k not in REPLAY_KEYS}
+        for p in self.spec.params.values():
+            if p.role == "data" and isinstance(p.domain, range) and len(p.domain) > 1:
+                value = example[p.name] + 1
+                other[p.name] = value if value in p.domain else example[p.name] - 1
+        if other == {k: v for k, v in example.items() if k not in REPLAY_KEYS}:
+            return None
+        other["seed"] = (int(example["seed"]) + 3) % 2**32
+        return other
+
+    def sequence(self, example: Mapping[str, Any], weights: Mapping[str, Any], inputs: Mapping[str, Any],
+                 then: Mapping[str, Any]):
+        """The calls of properties.Checks._sequence on one instance (a fresh one, or the cell's where shapes
+        compile): yields the example's outputs, the same call's again, then for each later call None or why it
+        failed: inputs of `then`'s shapes and other inputs of the example's own, both without reloading, then
+        the example's inputs after other weights were loaded; last, whether any call changed what it was given."""
+        from conformance.properties import _Raised
+
+        config = generate.layer_config(self.spec, example)
+        instance = self.instance(config) if self.pooled else self.fresh(config)
+        changed: list[str] = []
+
+        def call(x: Mapping[str, Any]) -> Mapping[str, Any]:
+            given = {k: None if v is None else v.copy() for k, v in x.items()}
+            try:
+                got = named_outputs(instance(given), self.outputs)
+            except Exception as e:
+                raise _Raised(e.reason if isinstance(e, NonConformance) else _describe_exception(e)) from None
+            changed.extend(f"input {k!r}" for k, v in x.items()
+                           if v is not None and not np.array_equal(v, given[k], equal_nan=True))
+            return got
+
+        def judged(what: str, params: Mapping[str, Any], w: Mapping[str, Any], x: Mapping[str, Any]) -> str | None:
+            """The call on `x` with the weights the instance holds (`w`), judged as any example is, ledger
+            included; why it failed, or None."""
+            saved = self.last
+            try:
+                self.compare(config, params, w, x, instance=instance, load=False)
+            except (ConfigUnsupported, KnownDeviation):
+                return None
+            except NonConformance as e:
+                return f"{what}: {e.reason}"
+            finally:
+                self.last = saved
+            return None
+
+        loaded = {k: v.copy() for k, v in weights.items()}
+        try:
+            instance.load(loaded)
+        except Exception as e:
+            raise _Raised(_describe_exception(e)) from None
+        yield call(inputs)
+        yield call(inputs)
+        _, x2 = generate.make_arrays(self.spec, then)
+        yield judged("then inputs of other shapes, without reloading the weights", {**then, **config}, weights,
+                     generate.cast(x2, self.dtype))
+        _, x3 = generate.make_arrays(self.spec, {**example, "seed": (int(example["seed"]) + 1) % 2**32})
+        yield judged("then other inputs of the example's shapes, without reloading the weights", example, weights,
+                     generate.cast(x3, self.dtype))
+        w4, _ = generate.make_arrays(self.spec, {**example, "seed": (int(example["seed"]) + 2) % 2**32})
+        w4 = generate.cast(w4, self.dtype)
+        changed.extend(f"weight {k!r}" for k, v in weights.items() if not np.array_equal(v, loaded[k], equal_nan=True))
+        try:
+            instance.load({k: v.copy() for k, v in w4.items()})
+        except Exception as e:
+            raise _Raised(_describe_exception(e)) from None
+        yield judged("then other weights loaded and the example's inputs again", example, w4, inputs)
+        yield (f"a call changed the arrays it was given: {', '.join(dict.fromkeys(changed))}" if changed else None)
 
     def targets(self, example: Mapping[str, Any]) -> dict[str, float]:
         """The spec's sensitivity targets (its `constant` table) on the example `check` ran last: quantities
@@ -711,6 +904,10 @@ class Recorder:
         self.deviated: list[KnownDeviation] = []
         self.skipped: list[str] = []
         self.attempts = 0  # examples run, whatever came of them
+        self.properties = properties.Checks(runner)
+        runner.on_stateful = lambda example, reason: self.properties.fail(properties.PropertyFailure(
+            Property.STATELESSNESS, f"it fails after other calls on the same instance, and passes on a fresh one: "
+                                    f"{reason}", example))
 
     def attempt(self, run: Callable[[], Outcome], ex: Mapping[str, Any] | None) -> Outcome | str:
         """One example: its outcome, or "skipped" (config unsupported) or "deviated" (as the ledger records)."""
@@ -729,7 +926,18 @@ class Recorder:
                 self.result.evidence = evidence.keep(self.runner.last, self.spec)
             return "deviated"
         self.record(ex, outcome)
+        if ex is not None and (property_named := properties.parse(self.spec, ex)) is not None:
+            self.check_properties(ex, only=property_named)
+        elif ex is not None and self.properties.due():
+            self.check_properties(ex)
         return outcome
+
+    def check_properties(self, ex: Mapping[str, Any], only: Property | None = None) -> None:
+        """The example that just passed checks a property too (properties.Checks.check)."""
+        last = self.runner.last
+        if last.get("outputs") is None:
+            return
+        self.properties.check(ex, last["weights"], last["inputs"], last["outputs"], last["diagnostics"], only=only)
 
     def record(self, ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
         result = self.result
@@ -749,6 +957,11 @@ class Recorder:
         result = self.result
         result.skip_reason = self.skipped[0] if self.skipped else None
         result.samples = self.samples.to_json()
+        for record in self.properties.records.values():
+            if record.status == Held.NOT_CHECKED and not record.not_reached and (self.deviated or self.skipped):
+                record.not_reached["no example passed the reference comparison to start from: each deviated as "
+                                   "the ledger records, or was skipped"] = len(self.deviated) + len(self.skipped)
+        result.properties = self.properties.to_json()
         if self.ratios:
             result.p99_ratio = float(np.percentile(self.ratios, 99))
             result.p99_error = {k: float(np.percentile(v, 99)) for k, v in self.errors.items()}
@@ -781,6 +994,16 @@ class Recorder:
             return self.fail(ex, NonConformance(
                 f"ledger entry {entry.id!r} is stale: {self.runner.impl.label} followed the spec on every example "
                 f"of this cell where {entry.condition} ({entry.explanation})", entry.sections), "ledger")
+        failed = [(name, r) for name, r in self.properties.records.items() if r.status == Held.FAILED]
+        if failed:
+            name, record = failed[0]
+            result.verdict = Verdict.NON_CONFORMANT
+            result.reason = f"property {name} ({', '.join(record.sections)}): {record.reason}"
+            result.sections = list(record.sections)
+            result.counterexample, result.repro = record.counterexample, record.repro
+            if result.first_failure is None:
+                result.first_failure = self.attempts
+            return
         if self.deviated:
             counts: dict[str, list] = {}  # entry id -> [entry, examples it covered that deviated], first seen first
             for d in self.deviated:
@@ -884,6 +1107,13 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         except NonConformance:
             ex, e, arrays = failure[-1]
             return cell.fail(ex, narrow_by_parameters(runner, ex, e), "example", arrays)
+        except Flaky:
+            # the smallest failing example passed when hypothesis ran it last, on an instance that had run
+            # others since: the failure it recorded stands (a fresh instance repeated it, `Runner.run`)
+            if not failure:
+                raise
+            ex, e, arrays = failure[-1]
+            return cell.fail(ex, e, "example", arrays)
 
     # Then the spec's worked examples, the hand-checked cases (after the search,
     # so that a mistake both would catch is reported with a shrunk example).

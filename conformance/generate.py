@@ -156,8 +156,9 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 def parse_example(spec: Spec, text: str) -> dict[str, Any]:
-    """--example as JSON: exactly the spec's parameters, its magnitudes and `seed`, each in its domain."""
-    valid = list(dict.fromkeys([*spec.params, *spec.magnitudes(), "seed"]))
+    """--example as JSON: exactly the spec's parameters, its magnitudes and `seed`, each in its domain; a
+    failure's repro line may add the property it checks (`property`), the other shapes of a statelessness
+    sequence (`then`, an example) and the examples run on the same instance before it (`after`, a list)."""
     try:
         example = json.loads(text)
     except json.JSONDecodeError as e:
@@ -165,14 +166,42 @@ def parse_example(spec: Spec, text: str) -> dict[str, Any]:
     except RecursionError:
         raise UsageError("--example is not valid JSON: nested too deeply") from None
     if not isinstance(example, dict):
-        raise UsageError(f"--example must be a JSON object with the keys {', '.join(valid)}; got "
+        return _checked_example(spec, example)
+    extra = {k: example.pop(k) for k in ("property", "then", "after") if k in example}
+    example = _checked_example(spec, example)
+    if "property" in extra:
+        if extra["property"] not in spec.properties:
+            raise UsageError(f"--example: property is {json.dumps(extra['property'])[:40]}; {spec.component}'s "
+                             f"are {', '.join(spec.properties) or 'none'}")
+        example["property"] = extra["property"]
+    if "then" in extra:
+        example["then"] = _checked_example(spec, extra["then"], "then")
+        if layer_config(spec, example["then"]) != layer_config(spec, example):
+            raise UsageError("--example: then must have the example's layer parameters "
+                             f"({', '.join(spec.layer_params)})")
+    if "after" in extra:
+        if not isinstance(extra["after"], list):
+            raise UsageError("--example: after must be a list of examples")
+        example["after"] = [_checked_example(spec, e, "after") for e in extra["after"]]
+        if any(layer_config(spec, e) != layer_config(spec, example) for e in example["after"]):
+            raise UsageError("--example: every example in after must have the example's layer parameters "
+                             f"({', '.join(spec.layer_params)})")
+    return example
+
+
+def _checked_example(spec: Spec, example: Any, where: str = "") -> dict[str, Any]:
+    """One example's parameters, magnitudes and seed, each in its domain (UsageError naming the problem)."""
+    valid = list(dict.fromkeys([*spec.params, *spec.magnitudes(), "seed"]))
+    what = f"--example's {where}" if where else "--example"
+    if not isinstance(example, dict):
+        raise UsageError(f"{what} must be a JSON object with the keys {', '.join(valid)}; got "
                          f"{type(example).__name__} {json.dumps(example)[:40]}")
     missing = [k for k in valid if k not in example]
     if missing:
-        raise UsageError(f"--example lacks {', '.join(missing)}")
+        raise UsageError(f"{what} lacks {', '.join(missing)}")
     unknown = [k for k in example if k not in valid]
     if unknown:
-        raise UsageError(f"--example has unknown keys {', '.join(unknown)}; {spec.component} takes "
+        raise UsageError(f"{what} has unknown keys {', '.join(unknown)}; {spec.component} takes "
                          f"{', '.join(valid)}")
     domains: dict[str, Any] = {name: p.domain for name, p in spec.params.items()}
     domains.update(spec.magnitudes(), seed=SEEDS)
@@ -186,5 +215,5 @@ def parse_example(spec: Spec, text: str) -> dict[str, Any]:
                 type(value) in (int, float) and any(type(v) is float and value == v for v in domain))
             shown = f"one of {', '.join(json.dumps(v) for v in domain)}"
         if not ok:
-            raise UsageError(f"--example: {name} is {json.dumps(value)[:40]}; the spec's domain is {shown}")
+            raise UsageError(f"{what}: {name} is {json.dumps(value)[:40]}; the spec's domain is {shown}")
     return example

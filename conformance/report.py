@@ -15,9 +15,11 @@ budgets, a scatter plot of error / budget against the examples' shape
 parameters, the minimal or worst example with its reproduction command, and,
 where the results kept the failing example's arrays (conformance/evidence.py),
 a .npz of them and for attention components the attention weights of the
-implementation beside the reference's (report_arrays.py). CSS and the one small
-script are inline and graphics are inline SVG, so the file opens from disk
-with nothing fetched.
+implementation beside the reference's (report_arrays.py), and the spec's
+properties: those that held on one line (a report of thousands of cells has
+thousands of such lines), each other a row, a failure with its reason and the
+command that replays it. CSS and the one small script are inline and graphics
+are inline SVG, so the file opens from disk with nothing fetched.
 
 Everything is read and rendered before anything is written; then the .npz
 files (npz/ beside the page) and the page are each written atomically.
@@ -40,7 +42,7 @@ import markupsafe
 
 from conformance import __version__
 from conformance.atomic import atomic_write
-from conformance.compare import Change, Comparison, compare
+from conformance.compare import Change, Comparison, compare, failed_property
 from conformance.engine import repro_command
 from conformance.evidence import EvidenceError, unpack
 from conformance.merge import by_slot, merge_documents, representative
@@ -49,12 +51,16 @@ from conformance.report_figures import scatter_plot
 from conformance.report_matrix import axis_order, cell_text, format_ratio, impl_order, slot_order, tables, walk
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, load_spec
-from conformance.vocabulary import DEVICES, DTYPES, impl_label, MODES, Slot, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, Held, impl_label, MODES, Slot, Verdict
 
 #: A reason shown in a section's one-line summary is cut to this many characters.
 SUMMARY_REASON = 160
 #: The values of an axis named for the slots that did not run for one reason, before "and N more".
 SPAN_NAMES = 8
+#: The verdict whose colour a property's status is shown in.
+HELD_COLOUR = {Held.HELD: Verdict.CONFORMANT, Held.FAILED: Verdict.NON_CONFORMANT,
+               Held.NON_DETERMINISTIC: Verdict.KNOWN_DEVIATION,
+               Held.NOT_CHECKED: Verdict.UNSUPPORTED}
 
 
 def near(cell: dict[str, Any]) -> bool:
@@ -181,6 +187,14 @@ class _Builder:
         anchor = github_anchor(f"{number} {spec.sections[number]}")
         return {"text": f"{text} {spec.sections[number]}", "href": f"{base}/{component}.md#{anchor}"}
 
+    def section_links(self, sections: list[str]) -> list[dict[str, Any]]:
+        """Links for sections as results name them, `mha §7.4`; plain text for one in another form."""
+        links = []
+        for s in sections:
+            m = re.fullmatch(r"(\S+) \u00a7(\S+)", s)
+            links.append(self.section_link(m[1], m[2]) if m else {"text": s, "href": None})
+        return links
+
     def spec_outputs(self, component: str) -> list[dict[str, Any]]:
         """Each output of a component's spec with the sections that define it, once per component
         (under its matrix) rather than in every slot's section."""
@@ -278,10 +292,7 @@ class _Builder:
 
     def _slot(self, key: Slot) -> dict[str, Any]:
         cell = self.slots[key]
-        sections = []
-        for s in cell["sections"]:
-            m = re.fullmatch(r"(\S+) \u00a7(\S+)", s)
-            sections.append(self.section_link(m[1], m[2]) if m else {"text": s, "href": None})
+        sections = self.section_links(cell["sections"])
         outputs = [{"name": name, "max": cell["max_error"].get(name), "p99": cell["p99_error"].get(name),
                     "budget": cell["budget"].get(name), "ratio": cell["output_ratio"].get(name)}
                    for name in dict.fromkeys([*cell["max_error"], *cell["budget"]])]
@@ -302,14 +313,41 @@ class _Builder:
             "samples_shown": len(cell["samples"]["rows"]), "samples_total": cell["samples"]["total"],
             "example": example, "which": which, "repro": repro,
             **self._arrays(key, cell, example, which),
+            "properties": self._properties(cell),
             "change": self.changes.get(key),
         }
+
+    def _properties(self, cell: dict[str, Any]) -> dict[str, Any]:
+        """The slot's properties: those that held and those no example was left to check, each kind on one
+        compact line (a report of thousands of cells has thousands of these), and a row for each of the
+        others, with its spec sections and, for a failure, its reason and the command that replays it (where
+        that is not the cell's own, shown above)."""
+        held, unchecked, rows = [], [], []
+        for name, record in cell["properties"].items():
+            status = Held(record["status"])
+            if status == Held.HELD:
+                held.append({"name": name, "examples": record["examples"], "exact": record["exact"],
+                             "ratio": record["max_ratio"]})
+                continue
+            if status == Held.NOT_CHECKED and not record["not_reached"] and not record["reason"]:
+                unchecked.append(name)
+                continue
+            above = record["repro"] is not None and record["repro"] == cell["repro"]
+            rows.append({"name": name, "status": status, "colour": HELD_COLOUR[status],
+                         "examples": record["examples"], "exact": record["exact"], "ratio": record["max_ratio"],
+                         "spread": record["spread"], "sections": self.section_links(record["sections"]),
+                         "reason": record["reason"] or _not_reached(record),
+                         "repro": None if above else record["repro"], "repro_above": above})
+        return {"held": held, "unchecked": unchecked, "rows": rows}
 
     def _arrays(self, key: Slot, cell: dict[str, Any], example: dict | None, which: str) -> dict[str, Any]:
         """The slot's .npz and attention heatmaps from its evidence, or one line on why there are none."""
         none = {"npz": None, "attention": None, "arrays_note": None, "arrays_of": which}
         evidence = cell.get("evidence")
         if evidence is None:
+            if failed_property(cell) is not None:
+                return {**none, "arrays_note": "A failed property keeps no arrays; the command above "
+                                               "replays it."}
             if cell["verdict"] in (Verdict.NON_CONFORMANT, Verdict.KNOWN_DEVIATION):
                 return {**none, "arrays_note": "The results keep no arrays of this example (written before "
                                                "conformance-results/4); the command above recreates them."}
@@ -366,6 +404,8 @@ def _example(cell: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
     if cell["counterexample"]:
         if cell["verdict"] == Verdict.KNOWN_DEVIATION:
             return cell["counterexample"], "first example that deviated"
+        if (name := failed_property(cell)) is not None:
+            return cell["counterexample"], f"example on which property {name} failed"
         return cell["counterexample"], "minimal counterexample"
     if cell["worst"]:
         return cell["worst"], "worst example"
@@ -375,3 +415,11 @@ def _example(cell: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     top = max(rows, key=lambda r: r[-1])
     return dict(zip(columns[:-1], top[:-1])), "worst drawn example (a worked example of the spec did worse)"
+
+
+def _not_reached(record: dict[str, Any]) -> str | None:
+    """Why a property that was not checked was not, e.g. `not reached: no mask (12 examples)`."""
+    if record["examples"] or Held(record["status"]) != Held.NOT_CHECKED:
+        return None
+    return "not reached: " + "; ".join(f"{reason} ({n} example{'s' if n != 1 else ''})"
+                                       for reason, n in record["not_reached"].items())

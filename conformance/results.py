@@ -22,8 +22,9 @@ from conformance.vocabulary import impl_label, Verdict
 #: /4 each cell's `evidence`: the arrays of the example a non-conformant cell
 #: failed on (or a known deviation first deviated on), at most 4096 elements,
 #: from which the report draws and writes its .npz files (conformance/evidence.py);
-#: /5 each cell's `first_failure`, the examples run up to the first that failed.
-SCHEMA = "conformance-results/5"
+#: /5 each cell's `first_failure`, the examples run up to the first that failed;
+#: /6 each cell's `properties`: what each of the spec's properties came to (conformance/properties.py).
+SCHEMA = "conformance-results/6"
 _PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 
@@ -102,7 +103,8 @@ def format_cell(c: CellResult, width: int = 24) -> str:
     if c.sections:
         lines.append(f"    spec: {', '.join(c.sections)}")
     if c.counterexample:
-        what = "first example that deviated" if c.verdict == Verdict.KNOWN_DEVIATION else "minimal example"
+        what = ("first example that deviated" if c.verdict == Verdict.KNOWN_DEVIATION
+                else "example that breaks it" if {"property", "after"} & set(c.counterexample) else "minimal example")
         lines.append(f"    {what}: {json.dumps(c.counterexample)}")
     if c.repro:
         lines.append(f"    reproduce: {c.repro}")

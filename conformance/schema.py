@@ -19,10 +19,13 @@ from conformance.vocabulary import UsageError
 
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 #: Versions this code reads; older ones are upgraded in memory to SCHEMA, one version at a time.
-READABLE = ("conformance-results/2", "conformance-results/3", "conformance-results/4", SCHEMA)
+READABLE = ("conformance-results/2", "conformance-results/3", "conformance-results/4", "conformance-results/5",
+            SCHEMA)
 #: Cell fields that hold a number, or "inf"/"-inf"/"nan" for a non-finite one.
 _REAL_FIELDS = ("max_ratio", "p99_ratio")
 _PER_OUTPUT_FIELDS = ("max_error", "p99_error", "budget", "output_ratio")
+#: The same, in each of a cell's property records.
+_PROPERTY_REAL_FIELDS = ("max_ratio", "spread")
 
 
 class ResultsFileError(UsageError):
@@ -86,6 +89,8 @@ def load_results(path: Path | str) -> dict[str, Any]:
         data = _upgrade_3(data)
     if data["schema"] == "conformance-results/4":
         data = _upgrade_4(data)
+    if data["schema"] == "conformance-results/5":
+        data = _upgrade_5(data)
     found = problems(data)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -116,10 +121,19 @@ def _upgrade_3(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upgrade_4(data: dict[str, Any]) -> dict[str, Any]:
-    """A conformance-results/4 file in the shape of SCHEMA: its cells did not record their first failure."""
+    """A conformance-results/4 file in the shape of /5: its cells did not record their first failure."""
     cells = data.get("cells")
     if isinstance(cells, list):
         cells = [{**c, "first_failure": None} if isinstance(c, dict) else c for c in cells]
+    return {**data, "schema": "conformance-results/5", "cells": cells}
+
+
+def _upgrade_5(data: dict[str, Any]) -> dict[str, Any]:
+    """A conformance-results/5 file in the shape of SCHEMA: its cells recorded no properties (`properties`
+    empty, as for a component whose spec has none; those a development version wrote under /5 are kept)."""
+    cells = data.get("cells")
+    if isinstance(cells, list):
+        cells = [{"properties": {}, **c} if isinstance(c, dict) else c for c in cells]
     return {**data, "schema": SCHEMA, "cells": cells}
 
 
@@ -133,4 +147,7 @@ def _decode_reals(data: dict[str, Any]) -> dict[str, Any]:
             cell[name] = real(cell[name])
         for name in _PER_OUTPUT_FIELDS:
             cell[name] = {k: real(v) for k, v in cell[name].items()}
+        for record in cell["properties"].values():
+            for name in _PROPERTY_REAL_FIELDS:
+                record[name] = real(record[name])
     return data

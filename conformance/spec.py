@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from conformance.vocabulary import Property
+
 __all__ = [
     "Condition", "Example", "Param", "Spec", "SpecError", "Tensor",
     "evaluate", "find_spec_dir", "load_spec", "list_components",
@@ -91,6 +93,17 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class PropertyRow:
+    """A property the component has (`property` table): its name is one of `vocabulary.Property`, checked by
+    conformance/properties.py, with the help of the reference's function of that name where the check needs
+    to know which inputs a mask, padding or step order leaves out (spec/README.md, "Properties")."""
+
+    name: str
+    sections: tuple[str, ...]
+    meaning: str
+
+
+@dataclass(frozen=True)
 class Example:
     name: str
     sections: tuple[str, ...]
@@ -115,6 +128,7 @@ class Spec:
     examples: list[Example] = field(default_factory=list)
     conditions: dict[str, Condition] = field(default_factory=dict)  # the optional `condition` table
     sensitivity: dict[str, Sensitivity] = field(default_factory=dict)  # the optional `constant` table
+    properties: dict[str, PropertyRow] = field(default_factory=dict)  # the optional `property` table
 
     @property
     def layer_params(self) -> list[str]:
@@ -140,7 +154,7 @@ class Spec:
         section itself: naming §7 does not cover a §7.5), or made only of covered subsections."""
         named: set[str] = set()
         rows = [*self.params.values(), *self.weights.values(), *self.inputs.values(), *self.outputs.values(),
-                *self.conditions.values(), *self.examples]
+                *self.conditions.values(), *self.properties.values(), *self.examples]
         for row in rows:
             named.update(row.sections)
         covered = {n for n in self.sections if n in named}
@@ -355,7 +369,7 @@ def load_spec(path: Path | str) -> Spec:
                 informative=informative, params={}, weights={}, inputs={}, outputs={}, budgets={})
     kinds = {"parameter": spec.params, "weight": spec.weights, "input": spec.inputs,
              "output": spec.outputs, "budget": spec.budgets, "condition": spec.conditions,
-             "constant": spec.sensitivity}
+             "constant": spec.sensitivity, "property": spec.properties}
     for section, header, rows in _tables(lines):
         if header[0] not in kinds:
             continue
@@ -371,7 +385,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, section, f"{header[0]} {name!r}: {e}") from None
 
     for kind, table in kinds.items():
-        if not table and kind not in ("condition", "constant"):
+        if not table and kind not in ("condition", "constant", "property"):
             raise SpecError(path, "", f"no table with first column {kind!r}")
     for output in spec.outputs.values():
         if output.dtype == "float" and output.name not in spec.budgets:
@@ -382,7 +396,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
                                           "which is not a float output")
     for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values(),
-                *spec.conditions.values(), *spec.sensitivity.values()]:
+                *spec.conditions.values(), *spec.sensitivity.values(), *spec.properties.values()]:
         for s in row.sections:
             if s not in sections:
                 raise SpecError(path, "", f"{row.name!r} names section {s}, which does not exist")
@@ -434,6 +448,11 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
             raise ValueError("a condition's name is a Python identifier, the name of a function of the reference "
                              "module, and not 'always' (every ledger entry may name that)")
         spec.conditions[name] = Condition(name, _sections(col("sections")), col("meaning"))
+    elif kind == "property":
+        valid = [p.value for p in Property]
+        if name not in valid:
+            raise ValueError(f"is not a property the harness checks; valid: {', '.join(valid)}")
+        spec.properties[name] = PropertyRow(name, _sections(col("sections")), col("meaning"))
     elif kind == "constant":
         target = _cell(col("target")) if "target" in header else ""
         if target:

@@ -58,6 +58,33 @@ class Verdict(str, Enum):
         return self in (Verdict.NON_CONFORMANT, Verdict.ERROR)
 
 
+class Property(str, Enum):
+    """A rule that holds for any correct implementation and needs no reference to check (spec/README.md,
+    "Properties"): a spec's `property` table says which of these its component has, and
+    conformance/properties.py has one check for each."""
+
+    BATCH_INDEPENDENCE = "batch_independence"  # batch element b's outputs depend on its own inputs only
+    MASKED_KEY_INVARIANCE = "masked_key_invariance"  # what a mask hides changes nothing it hides it from
+    PADDING_INVARIANCE = "padding_invariance"  # what stands at padded positions changes no real position's output
+    CAUSALITY = "causality"  # the outputs up to step t depend on the inputs up to t only
+    KEY_PERMUTATION_EQUIVARIANCE = "key_permutation_equivariance"  # the keys' order only reorders the weights
+    STATELESSNESS = "statelessness"  # a call depends on its weights and inputs only, and changes neither
+    DETERMINISM = "determinism"  # the same call twice gives the same bits
+
+    __str__ = str.__str__
+
+
+class Held(str, Enum):
+    """What a property came to in one cell."""
+
+    HELD = "held"  # on every example it was checked on
+    FAILED = "failed"  # on one example at least: the cell is non-conformant, with that example
+    NON_DETERMINISTIC = "non-deterministic"  # determinism off the CPU: repeated calls differ within the budget
+    NOT_CHECKED = "not-checked"  # no example of the cell reached it (the reason says why)
+
+    __str__ = str.__str__
+
+
 #: Which cell of a slot speaks for it when several environments ran it: failures first, then a
 #: known deviation, then a pass; a cell that could not run only when no environment ran the slot
 #: (unsupported says more than not-available).

@@ -52,6 +52,12 @@ table). The returned Instance has:
                                    # or a tuple of them in the order of `outputs` (the spec's output
                                    # table when it declares none), or one array for one output
 
+An Instance may be called many times, with other inputs, shapes and loaded
+weights in between: its outputs must depend on the weights last loaded and
+the call's inputs only, and a call must change neither (spec/README.md,
+"Properties": statelessness and determinism are checked, and a failure that
+needs earlier calls is replayed with them).
+
 Inputs arrive as NumPy arrays of the dtype under test (masks as bool, tokens as
 int64; bfloat16 is ml_dtypes.bfloat16, see `numpy_dtype`); outputs are
 converted with numpy.asarray and must have that dtype. An

@@ -5,6 +5,7 @@ cell of every verdict but error, and a deliberately wrong plug-in, so that the
 files under test are the ones the suite writes. `many` copies those cells,
 and one of a plug-in that fails as torch.nn.MultiheadAttention does on fully
 masked rows, into a file of thousands, for the report's tests of scale.
+`break_property` turns a cell of a written file into one whose property failed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from conformance.engine import CellResult, repro_command, run_cell
+from conformance.properties import Record
 from conformance.results import write_results
 from conformance.spec import load_spec
 from conformance.registry import find_shipped, resolve
-from conformance.vocabulary import DEVICES, DTYPES, MODES, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, Held, MODES, Property, Verdict
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -69,6 +71,25 @@ def find(data: dict[str, Any], **fields: Any) -> dict[str, Any]:
     found = [c for c in data["cells"] if all(c[k] == v for k, v in fields.items())]
     assert len(found) == 1, f"{len(found)} cells match {fields}"
     return found[0]
+
+
+def break_property(cell: dict[str, Any], name: Property, reason: str, *, alone: bool = True) -> dict[str, Any]:
+    """Make a cell as a results file holds it (changed in place, and returned) one whose property `name`
+    failed with `reason` on its worst example, recorded as conformance/properties.py records a failure;
+    `alone`: the cell failed nothing else, so its verdict is the property's (as the engine's `finish` sets
+    it: the property's reason, sections, example and command)."""
+    was = cell["properties"][name.value]
+    example = {**(cell["counterexample"] or cell["worst"]), "property": name.value}
+    repro = repro_command(cell["component"], cell["implementation"], cell["dtype"], cell["device"], example,
+                          cell["mode"])
+    record = Record(Held.FAILED, was["examples"], was["exact"], was["max_ratio"], reason=reason,
+                    sections=was["sections"], counterexample=example, repro=repro)
+    cell["properties"][name.value] = record.to_json()
+    if alone:
+        cell.update(verdict=Verdict.NON_CONFORMANT.value, reason=f"property {name} ({', '.join(was['sections'])}): "
+                                                                 f"{reason}",
+                    sections=was["sections"], counterexample=example, repro=repro)
+    return cell
 
 
 @functools.cache

@@ -7,10 +7,10 @@ import pytest
 from conformance import results
 from conformance.cli import main
 from conformance.compare import compare, reason_class
-from conformance.vocabulary import Slot
+from conformance.vocabulary import Property, Slot
 from conformance.schema import load_results
 
-from results_sample import find, read, save, write
+from results_sample import break_property, find, read, save, write
 
 IDENTITY = ("component", "implementation", "backend", "device", "mode", "dtype", "verdict", "max_ratio", "reason")
 
@@ -126,6 +126,53 @@ def test_compare_catches_a_new_kind_of_failure(tmp_path, capsys):
     assert "new kind of failure: error: ModuleNotFoundError" in capsys.readouterr().out
 
 
+def test_compare_catches_a_property_that_held_and_now_fails(tmp_path, capsys):
+    """The slot's verdict changed because of the property alone: one line, the property's, with its reason."""
+    base = write(tmp_path / "base.json")
+    data = read(base)
+    cell = break_property(find(data, component="ffn"), Property.STATELESSNESS,
+                          "the same call again on the same instance: output 'output' changed by 7 eps")
+    sections = ", ".join(cell["properties"]["statelessness"]["sections"])
+    current = save(tmp_path / "current.json", data)
+    assert main(["compare", str(base), str(current)]) == 1
+    out = capsys.readouterr().out
+    assert (f"REGRESSION  ffn numpy cpu eager float32: property statelessness ({sections}) was held, now failed: "
+            f"the same call again on the same instance: output 'output' changed by 7 eps") in out
+    assert "1 regression(s)" in out and "was conformant" not in out
+    # the other way round it is an improvement, said once
+    assert main(["compare", str(current), str(base)]) == 0
+    out = capsys.readouterr().out
+    assert f"improvement ffn numpy cpu eager float32: property statelessness ({sections}) was failed, now held" in out
+    assert "1 improvement(s)" in out
+
+
+def test_compare_catches_a_property_broken_by_a_cell_that_already_failed(tmp_path, capsys):
+    """A non-conformant cell whose verdict and reason stay the same still regresses when a property breaks."""
+    data = read(write(tmp_path / "base.json"))
+    wrong = find(data, verdict="non-conformant")
+    wrong["properties"]["batch_independence"]["status"] = "held"  # whether the search got to it varies
+    base = save(tmp_path / "base.json", data)
+    break_property(wrong, Property.BATCH_INDEPENDENCE, "the batch reordered: output 'output' changed", alone=False)
+    current = save(tmp_path / "current.json", data)
+    result = compare(load_results(base), load_results(current))
+    [regression] = result.regressions
+    assert regression.key == Slot.of(wrong)
+    assert "property batch_independence" in regression.what and "the batch reordered" in regression.what
+    assert main(["compare", str(base), str(current)]) == 1
+    capsys.readouterr()
+
+
+def test_properties_not_in_the_baseline_are_not_compared(tmp_path):
+    """A baseline older than conformance-results/6 recorded none: the verdict says what changed."""
+    data = read(write(tmp_path / "base.json"))
+    old = {**data, "schema": "conformance-results/5",
+           "cells": [{k: v for k, v in c.items() if k != "properties"} for c in data["cells"]]}
+    break_property(find(data, component="ffn"), Property.STATELESSNESS, "it changed")
+    result = compare(load_results(save(tmp_path / "old.json", old)), load_results(save(tmp_path / "c.json", data)))
+    [regression] = result.regressions
+    assert regression.what.startswith("was conformant, now non-conformant: property statelessness")
+
+
 def test_reason_classes_ignore_numbers_and_places():
     def cls(reason, verdict="non-conformant"):
         return reason_class({"verdict": verdict, "reason": reason})
@@ -137,6 +184,8 @@ def test_reason_classes_ignore_numbers_and_places():
         "non-conformant: output 'attention_weights' non-finite"
     assert cls("build raised RuntimeError: no at x.py:3") == "non-conformant: build raised RuntimeError"
     assert cls("ImportError: cannot import name 'x'", "error") == "error: ImportError"
+    assert cls("property causality (mha \u00a711.3): outputs before step 3 changed by 2.5 eps") == \
+        "non-conformant: property causality"
 
 
 def test_slots_run_in_several_environments_are_judged_by_their_worst(tmp_path, monkeypatch):

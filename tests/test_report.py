@@ -17,9 +17,11 @@ from conformance.cli import main
 from conformance.evidence import MAX_ELEMENTS
 from conformance.report import github_anchor
 from conformance.report_matrix import format_ratio
+from conformance.properties import Record
 from conformance.spec import load_spec
+from conformance.vocabulary import Property
 
-from results_sample import WRONG, find, read, save, write
+from results_sample import WRONG, break_property, find, read, save, write
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 WRONG_NAME = WRONG
@@ -202,6 +204,41 @@ def test_a_failing_cell_shows_its_counterexample_sections_and_npz(report, root):
     # the attention weights: the reference's, the implementation's and their difference, side by side
     assert "reference (NumPy, float64)" in section and f"{WRONG_NAME}, float32" in section
     assert "|difference|" in section
+
+
+def test_a_failed_property_shows_its_name_reason_and_repro(report):
+    """A cell that failed a property alone leads the failures with it; a property broken beside another
+    failure gets its own reason and command; the properties that held take one line."""
+    def broken(data):
+        wrong = break_property(find(data, verdict="non-conformant"), Property.BATCH_INDEPENDENCE,
+                               "the batch reordered: output 'output' changed", alone=False)
+        # two it did not check: one no example was left for, one the examples did not reach
+        others = [n for n in wrong["properties"] if n != Property.BATCH_INDEPENDENCE]
+        for name, why in zip(others, ({}, {"the example does not reach it": 4})):
+            wrong["properties"][name] = Record(sections=wrong["properties"][name]["sections"],
+                                               not_reached=why).to_json()
+        break_property(find(data, component="ffn"), Property.STATELESSNESS,
+                       "the same call again on the same instance: output 'output' changed by <7> eps")
+        return data
+
+    html, page, site = report(broken)
+    attention = html[html.index('id="attention-non-conformant"'):html.index('id="matrix"')]
+    assert "ffn numpy cpu eager float32" in attention and "property statelessness" in attention
+    section = _section(html, "ffn--numpy--cpu--eager--float32")
+    assert "<code>statelessness</code>" in section and 'badge v-non-conformant">failed' in section
+    assert "output 'output' changed by &lt;7&gt; eps" in section and "<7>" not in section  # escaped
+    assert "the command that replays it are the cell's, above" in section  # the cell's repro is the property's
+    assert "example on which property statelessness failed" in section and '"property":"statelessness"' in section
+    assert "A failed property keeps no arrays" in section and "before conformance-results/4" not in section
+    assert re.search(r"Properties held \([^)]*\): batch_independence \(\d+\)", section)
+    ident = next(i for i in page.ids if i.endswith("InvertedMask--cpu--eager--float32"))
+    section = _section(html, ident)
+    assert "<code>batch_independence</code>" in section and "the batch reordered" in section
+    assert "minimal counterexample" in section  # the cell's own failure is still the reference comparison's
+    repros = re.findall(r"Reproduce it:(?:</p>)?\s*<pre>([^<]*)</pre>", section)
+    assert len(repros) == 2 and "batch_independence" in repros[1] and "batch_independence" not in repros[0]
+    assert re.search(r"Properties not checked \(the cell ended before an example did\): \w+\.", section)
+    assert "not reached: the example does not reach it (4 examples)" in section
 
 
 def test_a_cell_without_arrays_says_so_once(report):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import jsonschema
@@ -15,8 +16,9 @@ from conformance.engine import SAMPLE_CAP, Samples
 from conformance.results import SCHEMA
 from conformance.schema import SCHEMA_FILE, ResultsFileError, load_results
 from conformance.spec import load_spec
+from conformance.vocabulary import Held, Property
 
-from results_sample import cells, find, read, save, write
+from results_sample import break_property, cells, find, read, save, write
 
 
 def validate(path) -> dict:
@@ -30,7 +32,7 @@ def validate(path) -> dict:
 
 def test_a_runs_file_follows_the_schema(tmp_path):
     data = validate(write(tmp_path / "r.json"))
-    assert data["schema"] == SCHEMA == "conformance-results/5"
+    assert data["schema"] == SCHEMA == "conformance-results/6"
     assert {c["verdict"] for c in data["cells"]} == {"conformant", "non-conformant", "unsupported", "not-available"}
     assert [c["env"] for c in data["cells"]] == [0] * len(data["cells"])
     env = data["environments"][0]
@@ -128,6 +130,16 @@ def test_version_2_files_are_read_as_the_current_version(tmp_path):
     assert [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
 
 
+def test_version_5_files_are_read_with_no_properties(tmp_path):
+    data = read(write(tmp_path / "r.json"))
+    assert any(c["properties"] for c in data["cells"])  # the sample's specs have properties
+    old = {**data, "schema": "conformance-results/5",
+           "cells": [{k: v for k, v in c.items() if k != "properties"} for c in data["cells"]]}
+    loaded = load_results(save(tmp_path / "old.json", old))
+    assert loaded["schema"] == SCHEMA and [c["properties"] for c in loaded["cells"]] == [{}] * len(data["cells"])
+    assert [c["first_failure"] for c in loaded["cells"]] == [c["first_failure"] for c in data["cells"]]
+
+
 def test_version_4_files_are_read_with_no_first_failure(tmp_path):
     data = read(write(tmp_path / "r.json"))
     assert any(c["first_failure"] for c in data["cells"])  # the sample has a failing cell
@@ -147,6 +159,50 @@ def test_version_3_files_are_read_with_no_evidence(tmp_path):
     bad = {**old, "cells": [{**old["cells"][0], "verdict": "maybe"}]}
     with pytest.raises(ResultsFileError, match="does not follow conformance-results/3: at cells/0/verdict"):
         load_results(save(tmp_path / "bad.json", bad))
+
+
+# --- properties: what each of the spec's properties came to in a cell ----------------------------
+
+def test_cells_record_their_properties_with_the_vocabularys_words(tmp_path):
+    data = validate(write(tmp_path / "r.json"))
+    cell = find(data, component="mha", dtype="float32", device="cpu", mode="eager", implementation="numpy")
+    assert cell["properties"] and set(cell["properties"]) <= {p.value for p in Property}
+    assert {r["status"] for r in cell["properties"].values()} <= {h.value for h in Held}
+    assert find(data, mode="compiled")["properties"] == {}  # a cell that did not run checked none
+    # the schema's lists of names are the vocabulary's, not a second definition that could drift
+    defs = json.loads(SCHEMA_FILE.read_text())["$defs"]
+    assert defs["cell_properties"]["propertyNames"]["enum"] == [p.value for p in Property]
+    assert defs["property_record"]["properties"]["status"]["enum"] == [h.value for h in Held]
+
+
+def test_a_failed_property_follows_the_schema_and_its_non_finite_numbers_are_read_as_floats(tmp_path):
+    data = read(write(tmp_path / "r.json"))
+    cell = break_property(find(data, component="ffn"), Property.STATELESSNESS, "the second call changed")
+    cell["properties"]["determinism"]["spread"] = "inf"
+    save(tmp_path / "broken.json", data)
+    assert validate(tmp_path / "broken.json")
+    loaded = find(load_results(tmp_path / "broken.json"), component="ffn")
+    assert loaded["properties"]["statelessness"]["status"] == "failed"
+    assert loaded["properties"]["determinism"]["spread"] == float("inf")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["statelessness"].update(status="mostly"), "at cells/4/properties/statelessness/status: 'mostly' "
+                                                           "is not one of ['held', 'failed'"),
+    (lambda p: p.update(commutativity=p["statelessness"]), "at cells/4/properties: 'commutativity' is not one of "
+                                                           "['batch_independence'"),
+    (lambda p: p["statelessness"].pop("reason"), "at cells/4/properties/statelessness: 'reason' is a required"),
+    (lambda p: p["statelessness"].update(examples=-1), "at cells/4/properties/statelessness/examples: -1 is less"),
+    (lambda p: p["statelessness"].update(not_reached={f"why {i}": 1 for i in range(17)}),
+     "at cells/4/properties/statelessness/not_reached: {'why 0'"),
+    (lambda p: p["statelessness"].update(sections=["ffn \u00a71"] * 17), "properties/statelessness/sections: "),
+])
+def test_a_malformed_property_record_is_refused(tmp_path, change, message):
+    data = read(write(tmp_path / "r.json"))
+    assert find(data, component="ffn") is data["cells"][4]
+    change(data["cells"][4]["properties"])
+    with pytest.raises(ResultsFileError, match=re.escape(message)):
+        load_results(save(tmp_path / "bad.json", data))
 
 
 # --- evidence: the arrays of a failing example --------------------------------------------------
@@ -255,9 +311,9 @@ def test_evidence_the_schema_cannot_judge_is_refused_when_read(tmp_path, change,
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema="conformance-results/99"),
      "schema 'conformance-results/99' is not one this version reads; readable: conformance-results/2, "
-     "conformance-results/3, conformance-results/4, conformance-results/5"),
+     "conformance-results/3, conformance-results/4, conformance-results/5, conformance-results/6"),
     (lambda d: d.pop("schema"), "not a results file: no 'schema' field"),
-    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/5: at cells/0/verdict"),
+    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/6: at cells/0/verdict"),
     (lambda d: d["cells"][2].pop("env"), "at cells/2: 'env' is a required property"),
     (lambda d: d["cells"][1].update(env=5), "at cells/1/env: environment 5 does not exist (the file has 1)"),
     (lambda d: d.update(environments=[]), "at environments"),

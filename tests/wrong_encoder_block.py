@@ -26,7 +26,7 @@ def _layer_norm(v, gamma, beta, epsilon, *, ddof=0, eps_outside=False):
 
 
 def _block(config, w, x, padding, *, norm=None, ddof=0, epsilon=None, eps_outside=False, use_mask=True,
-           attention_residual=True, zero_padded_rows=False):
+           attention_residual=True, zero_padded_rows=False, attend=mha.forward):
     """spec/encoder_block.md §5 with one switch per mistake; the defaults are the spec."""
     eps = config["epsilon"] if epsilon is None else epsilon
     mask = padding[:, None, :] if padding is not None and use_mask else None  # (B, 1, T)
@@ -35,7 +35,7 @@ def _block(config, w, x, padding, *, norm=None, ddof=0, epsilon=None, eps_outsid
         return _layer_norm(v, w[f"gamma_{i}"], w[f"beta_{i}"], eps, ddof=ddof, eps_outside=eps_outside)
 
     def MHA(v):
-        out = mha.forward(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask})
+        out = attend(config, w, {"query": v, "key": v, "value": v, "attention_mask": mask})
         return out["output"], out["attention_weights"]
 
     def FFN(v):

@@ -21,16 +21,17 @@ def hard_sigmoid(a):
 
 
 def _lstm(config, weights, inputs, *, gate_order="ifgo", gate=sigmoid, bias_times=1, classify_step=-1,
-          states="all", forget_bias=0.0):
-    """spec/lstm_classifier.md §6 with one switch per mistake; the defaults are the spec."""
+          states="all", forget_bias=0.0, initial=None):
+    """spec/lstm_classifier.md §6 with one switch per mistake; the defaults are the spec (`initial`: each
+    layer's first (h, c), as (num_layers, B, H) arrays, in place of zeros)."""
     H, num_layers = config["hidden"], config["num_layers"]
     x = inputs["x"]  # (B, T, d_in)
     B, T, _ = x.shape
     seq, h_n, c_n = x, [], []
     for l in range(num_layers):
         W_x, W_h, b = weights[f"W_x_{l}"], weights[f"W_h_{l}"], weights[f"b_{l}"]
-        h = np.zeros((B, H), dtype=x.dtype)
-        c = np.zeros((B, H), dtype=x.dtype)
+        h = np.zeros((B, H), dtype=x.dtype) if initial is None else initial[0][l]
+        c = np.zeros((B, H), dtype=x.dtype) if initial is None else initial[1][l]
         hs = []
         for t in range(T):
             gates = seq[:, t] @ W_x + h @ W_h + b * x.dtype.type(bias_times)  # (B, 4H)

@@ -85,3 +85,38 @@ def padding_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> d
     """§7.2: positions holding the padding id 0; their rows of `x`."""
     padding = np.asarray(inputs["tokens"]) == 0  # (B, T)
     return {"x": padding[:, :, None]}
+
+
+# --- properties (the spec's `property` table, §11), as in impls/numpy/mha.py -------------------------------
+
+def trailing_padding(draw: Any, max_len: int) -> tuple | None:
+    """Padding ids 0 added at the end of every row (up to `max_len` positions), or the columns that hold
+    padding in every row cut off; returns (tokens, the positions kept, what), or None where neither can be."""
+    tokens = draw.inputs["tokens"]
+    B, T = tokens.shape
+    real_length = int((tokens != 0).sum(axis=-1).max())
+    if T < max_len and (real_length == T or draw.rng.random() < 0.5):
+        added = int(draw.rng.integers(1, max_len - T + 1))
+        return np.concatenate([tokens, np.zeros((B, added), tokens.dtype)], axis=1), T, f"{added} padding ids added"
+    if real_length < T:
+        return tokens[:, :real_length], real_length, f"{T - real_length} columns of padding cut off"
+    return None
+
+
+def padding_invariance(draw: Any) -> tuple | None:
+    """§11.2: padding added at the end of the rows or cut off; the real positions' rows of `x` stay as they
+    were, and `padding_mask` is as long as the new rows (False where padding was added)."""
+    found = trailing_padding(draw, draw.example["max_len"])
+    if found is None:
+        return None
+    tokens, kept, what = found
+    T = tokens.shape[1]
+
+    def expect(name: str, array: np.ndarray) -> np.ndarray:
+        if array.shape[1] >= T:
+            return array[:, :T]
+        added = np.zeros((array.shape[0], T - array.shape[1], *array.shape[2:]), array.dtype)
+        return np.concatenate([array, added], axis=1)
+
+    real = (tokens != 0)
+    return {"tokens": tokens}, expect, {"x": real[:, :, None], "padding_mask": np.ones((), bool)}, what

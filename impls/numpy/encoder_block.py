@@ -147,3 +147,17 @@ def padded_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> di
 def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     """§5.3: one feature, d_model = 1: a layer norm's input equals its mean, and LN(v) = beta exactly."""
     return example["d_model"] == 1
+
+
+# --- properties (the spec's `property` table, §10), as in impls/numpy/mha.py -------------------------------
+
+def padding_invariance(draw: Any) -> tuple | None:
+    """§10.2: the features at padded positions replaced; the rows of `y` and of each head's weights at the
+    real positions stay as they were."""
+    mask = draw.inputs.get("padding_mask")
+    if mask is None or mask.all():
+        return None
+    real = np.asarray(mask, dtype=bool)  # (B, T)
+    inputs = {**draw.inputs, "x": draw.replaced("x", ~real[:, :, None])}
+    compared = {"y": real[:, :, None], "attention_weights": real[:, None, :, None]}
+    return inputs, lambda name, array: array, compared, f"the features at {int((~real).sum())} padded positions replaced"

@@ -113,3 +113,20 @@ class Implementation(NumpyImplementation):
 
     component = "lstm_classifier"
     forward = staticmethod(forward)
+
+
+# --- properties (the spec's `property` table, §10), as in impls/numpy/mha.py -------------------------------
+
+def causality(draw: Any) -> tuple | None:
+    """§10.2: the inputs after a step t replaced, and cut off; `hidden_states` up to t stay as they were."""
+    T = draw.example["T"]
+    if T < 2:
+        return None
+    t = int(draw.rng.integers(T - 1))  # the last step kept
+    kept = np.arange(T) <= t
+    replaced = {**draw.inputs, "x": draw.replaced("x", ~kept[None, :, None])}
+    cut = {**draw.inputs, "x": draw.inputs["x"][:, :t + 1]}
+    return [(replaced, lambda name, array: array, {"hidden_states": kept[None, :, None]},
+             f"the inputs after step {t} replaced"),
+            (cut, lambda name, array: array[:, :t + 1], {"hidden_states": np.ones((), bool)},
+             f"the inputs cut off after step {t}")]

@@ -101,3 +101,24 @@ class Implementation(NumpyImplementation):
 
     component = "lstm_seq2seq"
     forward = staticmethod(forward)
+
+
+# --- properties (the spec's `property` table, §10), as in impls/numpy/mha.py -------------------------------
+
+def causality(draw: Any) -> tuple | None:
+    """§10.2: the decoder's inputs after a step t replaced, and cut off; the logits and weights up to t, and the
+    generated tokens (which read the source only), stay as they were."""
+    T = draw.example["T"]
+    if T < 2:
+        return None
+    t = int(draw.rng.integers(T - 1))  # the last step kept
+    kept = np.arange(T) <= t
+    ones = np.ones((), dtype=bool)
+    replaced = {**draw.inputs, "target_in": draw.replaced("target_in", ~kept[None, :])}
+    cut = {**draw.inputs, "target_in": draw.inputs["target_in"][:, :t + 1]}
+    return [(replaced, lambda name, array: array,
+             {"logits": kept[None, :, None], "attention_weights": kept[None, :, None], "generated": ones},
+             f"the decoder's inputs after step {t} replaced"),
+            (cut, lambda name, array: array if name == "generated" else array[:, :t + 1],
+             {"logits": ones, "attention_weights": ones, "generated": ones},
+             f"the decoder's inputs cut off after step {t}")]

@@ -186,3 +186,79 @@ def per_head_bias_meets_positions(example: Mapping[str, Any], inputs: Mapping[st
     (num_heads, 1) and the positions of a projection have the same length."""
     H = example["num_heads"]
     return example["d_head"] == 1 and H > 1 and H in (example["Lq"], example["Lk"])
+
+
+# --- properties (the spec's `property` table, §11): what to change, and which outputs must not follow -------
+# Each takes the harness's draw (`example`, `inputs`, `other`: inputs of the same shapes with new values,
+# `rng`, `factor`, `replaced(name, where)`) and returns (inputs, expect, compared, what), or None where the
+# example does not reach the property (or a list of such tuples, each checked); `expect(name, array)` moves an array of the example's outputs' shape
+# to where the changed call's outputs must have it, and `compared` marks the elements checked.
+
+def _same(name: str, array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def masked_key_invariance(draw: Any) -> tuple | None:
+    """§11.2: the keys and values a mask hides from one query, chosen at random per batch element, replaced;
+    the outputs and weights of every query they are hidden from stay as they were."""
+    mask = draw.inputs.get("attention_mask")
+    if mask is None:
+        return None
+    B, Lq, Lk = (draw.example[k] for k in ("B", "Lq", "Lk"))
+    visible = broadcast_mask(mask, B, Lq, Lk)  # (B, Lq, Lk)
+    changed = np.zeros((B, Lk), dtype=bool)  # (B, Lk): hidden from the chosen query
+    for b in range(B):
+        some_hidden = np.flatnonzero(~visible[b].all(axis=-1))  # queries with a hidden key
+        if some_hidden.size:
+            changed[b] = ~visible[b, draw.rng.choice(some_hidden)]
+    if not changed.any():
+        return None
+    kept = ~(visible & changed[:, None, :]).any(axis=-1)  # (B, Lq): queries that see none of them
+    inputs = {**draw.inputs, "key": draw.replaced("key", changed[:, :, None]),
+              "value": draw.replaced("value", changed[:, :, None])}
+    compared = {"output": kept[:, :, None], "attention_weights": kept[:, None, :, None]}
+    return inputs, _same, compared, f"{int(changed.sum())} masked key and value rows replaced"
+
+
+def causality(draw: Any) -> tuple | None:
+    """§11.3: with the causal mask, the queries, keys and values after a step t replaced, and cut off; the
+    outputs and weights of the queries up to t stay as they were in both."""
+    if draw.example["mask"] != "causal" or min(draw.example["Lq"], draw.example["Lk"]) < 2:
+        return None
+    Lq, Lk = draw.example["Lq"], draw.example["Lk"]
+    t = int(draw.rng.integers(min(Lq, Lk) - 1))  # the last step kept
+    later_q, later_k = np.arange(Lq) > t, np.arange(Lk) > t
+    replaced = {**draw.inputs, "query": draw.replaced("query", later_q[None, :, None]),
+                "key": draw.replaced("key", later_k[None, :, None]),
+                "value": draw.replaced("value", later_k[None, :, None])}
+    kept = ~later_q
+    compared = {"output": kept[None, :, None], "attention_weights": kept[None, None, :, None]}
+    cut = {"query": draw.inputs["query"][:, :t + 1], "key": draw.inputs["key"][:, :t + 1],
+           "value": draw.inputs["value"][:, :t + 1], "attention_mask": draw.inputs["attention_mask"][:t + 1, :t + 1]}
+
+    def expect(name: str, array: np.ndarray) -> np.ndarray:
+        return array[:, :t + 1] if name == "output" else array[:, :, :t + 1, :t + 1]
+
+    ones = np.ones((), dtype=bool)
+    return [(replaced, _same, compared, f"the inputs after step {t} replaced"),
+            (cut, expect, {"output": ones, "attention_weights": ones}, f"the inputs cut off after step {t}")]
+
+
+def key_permutation_equivariance(draw: Any) -> tuple | None:
+    """§11.4: the keys and values reordered, with the mask's key axis; the output stays as it was and each
+    head's weights are reordered the same way. Not with the causal mask, a pattern of positions."""
+    Lk = draw.example["Lk"]
+    if draw.example["mask"] == "causal" or Lk < 2:
+        return None
+    order = draw.rng.permutation(Lk)
+    while (order == np.arange(Lk)).all():
+        order = draw.rng.permutation(Lk)
+    mask = draw.inputs.get("attention_mask")
+    inputs = {**draw.inputs, "key": draw.inputs["key"][:, order], "value": draw.inputs["value"][:, order],
+              "attention_mask": None if mask is None else mask[..., order]}
+
+    def expect(name: str, array: np.ndarray) -> np.ndarray:
+        return array if name == "output" else array[..., order]
+
+    ones = np.ones((), dtype=bool)
+    return inputs, expect, {"output": ones, "attention_weights": ones}, f"the keys reordered as {order.tolist()}"

@@ -134,3 +134,15 @@ def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> boo
 def mean_pooling(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     """§5.3: the pooling is the mean, a sum over the sequence divided by a count."""
     return example["pooling"] == "mean"
+
+
+# --- properties (the spec's `property` table, §9), as in impls/numpy/mha.py --------------------------------
+
+def padding_invariance(draw: Any) -> tuple | None:
+    """§9.2: padding added at the end of the rows or cut off; `y` and `pooled` stay as they were."""
+    found = embedding.trailing_padding(draw, draw.example["max_len"])
+    if found is None:
+        return None
+    tokens, _, what = found
+    ones = np.ones((), dtype=bool)
+    return {"tokens": tokens}, lambda name, array: array, {"y": ones, "pooled": ones}, what
