@@ -941,6 +941,8 @@ class Recorder:
 
     def record(self, ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
         result = self.result
+        if ex is not None:  # a point in the parameter space; a replay's property and calls are not one
+            ex = {k: v for k, v in ex.items() if k not in REPLAY_KEYS}
         result.examples += 1
         self.ratios.append(outcome.ratio)
         if ex is not None:  # worked examples have arrays of their own, not a point in the parameter space
