@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 EVERY = 3
 #: New float values are the example's own kind of draw times the first of these its dtype's range allows.
 FACTORS = (1e8, 1e4, 1e2, 1.0)
+#: Calls of the example again, after its first, until one differs: in the search, and in a replay of determinism
+#: failing (a difference that showed once may need a few tries to show again).
+SEARCH_REPEATS, REPLAY_REPEATS = 2, 16
 #: Properties the engine checks from the spec's shapes alone, and those one call sequence checks together.
 GENERIC = (Property.BATCH_INDEPENDENCE,)
 SEQUENCE = (Property.STATELESSNESS, Property.DETERMINISM)
@@ -361,7 +364,9 @@ class Checks:
             raise NotReached("no other shape to call it on")
         replay = {**{k: v for k, v in example.items() if k != "then"}, "property": Property.STATELESSNESS.value,
                   "then": then}
-        sequence = runner.sequence(example, weights, inputs, then)
+        # a replay of determinism failing repeats the call: a difference that showed once may need a few tries
+        sequence = runner.sequence(example, weights, inputs, then,
+                                   repeats=REPLAY_REPEATS if forced == Property.DETERMINISM else SEARCH_REPEATS)
         try:
             first, again = next(sequence), next(sequence)
         except _Raised as e:
