@@ -234,20 +234,25 @@ class WeightsFromTheFirstCall(_Stateful):
 
 # --- determinism -----------------------------------------------------------------------------------------------
 
-class HiddenUnitsInAnyOrder(_Reference):
-    """The hidden units summed in an order drawn afresh at each call (a parallel reduction without a fixed
-    order): within the budget, but not the same bits twice (ffn §10.3)."""
+class HiddenUnitsInAlternateOrders(_Stateful):
+    """The hidden units summed one by one, forwards on one call and backwards on the next (two buffers that
+    accumulate each its own way): every call within the budget, but not the same bits twice (ffn §10.3)."""
 
     component, breaks = "ffn", "determinism"
 
-    def forward(self, config, weights, inputs):
-        order = np.random.default_rng().permutation(weights["W_1"].shape[1])
-        shuffled = {**weights, "W_1": weights["W_1"][:, order], "b_1": weights["b_1"][order],
-                    "W_2": weights["W_2"][order]}
-        return ffn.forward(config, shuffled, inputs)
+    def call(self, config, weights, inputs, state):
+        state["calls"] = state.get("calls", 0) + 1
+        hidden = ffn.forward(config, {**weights, "W_2": np.eye(weights["W_1"].shape[1], dtype=weights["W_2"].dtype),
+                                      "b_2": np.zeros(weights["W_1"].shape[1], weights["b_2"].dtype)}, inputs)["y"]
+        order = range(hidden.shape[-1]) if state["calls"] % 2 else reversed(range(hidden.shape[-1]))
+        y = np.broadcast_to(weights["b_2"], hidden.shape[:-1] + weights["b_2"].shape).copy()  # (B, T, d_model)
+        for j in order:
+            y += hidden[..., j:j + 1] * weights["W_2"][j]
+        return {"y": y}
 
 
 #: Every mistake here, by the property it breaks.
 MISTAKES = [BatchWideOverflowGuard, SequenceWideOverflowGuard, MaskedKeysKeepAFloor, PaddedKeysKeepAFloor,
             PaddingMaskAsLengths, MaskCachedByShape, PositionsFromTheFirstCall, StatesKeptBetweenCalls,
-            StartTokenFromThePreviousCall, WeightsScaledInPlace, WeightsFromTheFirstCall, HiddenUnitsInAnyOrder]
+            StartTokenFromThePreviousCall, WeightsScaledInPlace, WeightsFromTheFirstCall,
+            HiddenUnitsInAlternateOrders]
