@@ -81,6 +81,11 @@ SAMPLE_CAP = 200
 REPLAY_KEYS = ("property", "then", "after")
 
 
+def point(example: Mapping[str, Any]) -> dict[str, Any]:
+    """The example as a point of the parameter space: without the keys a replay may add (REPLAY_KEYS)."""
+    return {k: v for k, v in example.items() if k not in REPLAY_KEYS}
+
+
 class Event(str, Enum):
     """What a cell tells its watcher as it goes (`Progress`): an example starts, with the example."""
 
@@ -351,7 +356,7 @@ class Runner:
         a fresh instance), and the fresh instance's outcome counts and replaces the other.
 
         An example with `after` (a replay of such a failure) runs on a fresh instance after those examples."""
-        self.progress(Event.EXAMPLE, {k: v for k, v in example.items() if k not in REPLAY_KEYS})
+        self.progress(Event.EXAMPLE, point(example))
         weights, inputs = generate.make_arrays(self.spec, example)
         config = generate.layer_config(self.spec, example)
         if example.get("after"):  # a replay: the failure must come back after these calls, and not without them
@@ -379,7 +384,7 @@ class Runner:
             self.last = passed
             return outcome
         self._history.setdefault(tuple(sorted(config.items())), []).append(
-            {k: v for k, v in example.items() if k not in REPLAY_KEYS})
+            point(example))
         return outcome
 
     def after(self, examples: list[Mapping[str, Any]], config: Mapping[str, Any]) -> Any:
@@ -497,7 +502,7 @@ class Runner:
         self.check_range(weights, inputs, diagnostics)
         instance = self.instance(config) if instance is None else instance
         shapes = self.shapes_key(example, inputs)
-        self.seen.setdefault(shapes, {k: v for k, v in example.items() if k not in REPLAY_KEYS})
+        self.seen.setdefault(shapes, point(example))
         first = self.pooled and shapes not in self.shapes_seen
         if first:
             self.progress(Event.COMPILE, dict(example))
@@ -556,12 +561,12 @@ class Runner:
             own = self.shapes_key(example, inputs)
             return next((dict(e) for k, e in self.seen.items()
                          if k != own and generate.layer_config(self.spec, e) == config), None)
-        other = {k: v for k, v in example.items() if k not in REPLAY_KEYS}
+        other = point(example)
         for p in self.spec.params.values():
             if p.role == "data" and isinstance(p.domain, range) and len(p.domain) > 1:
                 value = example[p.name] + 1
                 other[p.name] = value if value in p.domain else example[p.name] - 1
-        if other == {k: v for k, v in example.items() if k not in REPLAY_KEYS}:
+        if other == point(example):
             return None
         other["seed"] = (int(example["seed"]) + 3) % 2**32
         return other
@@ -948,7 +953,7 @@ class Recorder:
     def record(self, ex: Mapping[str, Any] | None, outcome: Outcome) -> None:
         result = self.result
         if ex is not None:  # a point in the parameter space; a replay's property and calls are not one
-            ex = {k: v for k, v in ex.items() if k not in REPLAY_KEYS}
+            ex = point(ex)
         result.examples += 1
         self.ratios.append(outcome.ratio)
         if ex is not None:  # worked examples have arrays of their own, not a point in the parameter space

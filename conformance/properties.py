@@ -47,8 +47,7 @@ FACTORS = (1e8, 1e4, 1e2, 1.0)
 #: Calls of the example again, after its first, until one differs: in the search, and in a replay of determinism
 #: failing (a difference that showed once may need a few tries to show again).
 SEARCH_REPEATS, REPLAY_REPEATS = 2, 16
-#: Properties the engine checks from the spec's shapes alone, and those one call sequence checks together.
-GENERIC = (Property.BATCH_INDEPENDENCE,)
+#: The properties one call sequence checks together.
 SEQUENCE = (Property.STATELESSNESS, Property.DETERMINISM)
 
 
