@@ -104,6 +104,17 @@ class PropertyRow:
 
 
 @dataclass(frozen=True)
+class GradientRow:
+    """A gradient the component's backward pass gives (`gradient` table): of the loss <cotangents, float
+    outputs>, with respect to one float input or one weight, by the sections that say how (spec/README.md,
+    "Gradients")."""
+
+    name: str
+    sections: tuple[str, ...]
+    meaning: str
+
+
+@dataclass(frozen=True)
 class Example:
     name: str
     sections: tuple[str, ...]
@@ -129,6 +140,7 @@ class Spec:
     conditions: dict[str, Condition] = field(default_factory=dict)  # the optional `condition` table
     sensitivity: dict[str, Sensitivity] = field(default_factory=dict)  # the optional `constant` table
     properties: dict[str, PropertyRow] = field(default_factory=dict)  # the optional `property` table
+    gradients: dict[str, GradientRow] = field(default_factory=dict)  # the optional `gradient` table
 
     @property
     def layer_params(self) -> list[str]:
@@ -154,7 +166,7 @@ class Spec:
         section itself: naming §7 does not cover a §7.5), or made only of covered subsections."""
         named: set[str] = set()
         rows = [*self.params.values(), *self.weights.values(), *self.inputs.values(), *self.outputs.values(),
-                *self.conditions.values(), *self.properties.values(), *self.examples]
+                *self.conditions.values(), *self.properties.values(), *self.gradients.values(), *self.examples]
         for row in rows:
             named.update(row.sections)
         covered = {n for n in self.sections if n in named}
@@ -369,7 +381,7 @@ def load_spec(path: Path | str) -> Spec:
                 informative=informative, params={}, weights={}, inputs={}, outputs={}, budgets={})
     kinds = {"parameter": spec.params, "weight": spec.weights, "input": spec.inputs,
              "output": spec.outputs, "budget": spec.budgets, "condition": spec.conditions,
-             "constant": spec.sensitivity, "property": spec.properties}
+             "constant": spec.sensitivity, "property": spec.properties, "gradient": spec.gradients}
     for section, header, rows in _tables(lines):
         if header[0] not in kinds:
             continue
@@ -385,7 +397,7 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, section, f"{header[0]} {name!r}: {e}") from None
 
     for kind, table in kinds.items():
-        if not table and kind not in ("condition", "constant", "property"):
+        if not table and kind not in ("condition", "constant", "property", "gradient"):
             raise SpecError(path, "", f"no table with first column {kind!r}")
     for output in spec.outputs.values():
         if output.dtype == "float" and output.name not in spec.budgets:
@@ -395,8 +407,14 @@ def load_spec(path: Path | str) -> Spec:
             if logits not in spec.outputs or spec.outputs[logits].dtype != "float":
                 raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
                                           "which is not a float output")
+    if spec.gradients:  # every float input and every weight is differentiated (spec/README.md, "Gradients")
+        missing = [n for n in [t.name for t in spec.inputs.values() if t.kind == "float"] + list(spec.weights)
+                   if n not in spec.gradients]
+        if missing:
+            raise SpecError(path, "", f"the gradient table has no row for {', '.join(missing)}")
     for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values(),
-                *spec.conditions.values(), *spec.sensitivity.values(), *spec.properties.values()]:
+                *spec.conditions.values(), *spec.sensitivity.values(), *spec.properties.values(),
+                *spec.gradients.values()]:
         for s in row.sections:
             if s not in sections:
                 raise SpecError(path, "", f"{row.name!r} names section {s}, which does not exist")
@@ -453,6 +471,11 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
         if name not in valid:
             raise ValueError(f"is not a property the harness checks; valid: {', '.join(valid)}")
         spec.properties[name] = PropertyRow(name, _sections(col("sections")), col("meaning"))
+    elif kind == "gradient":
+        floats = [t.name for t in spec.inputs.values() if t.kind == "float"] + list(spec.weights)
+        if name not in floats:
+            raise ValueError(f"is not a float input or a weight of this component; valid: {', '.join(floats)}")
+        spec.gradients[name] = GradientRow(name, _sections(col("sections")), col("meaning"))
     elif kind == "constant":
         target = _cell(col("target")) if "target" in header else ""
         if target:

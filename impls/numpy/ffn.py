@@ -15,6 +15,7 @@ import numpy as np
 
 from impls.numpy import NumpyImplementation
 from impls.numpy.bounds import extreme, linear_bound
+from impls.numpy.carried import Carried
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -80,11 +81,80 @@ def bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.nd
     return linear_bound(a, a_bound, weights["W_2"], weights["b_2"])  # (B, T, d_model), §5.2
 
 
+# --- §11: gradients -------------------------------------------------------------------------------------
+
+def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             cotangents: Mapping[str, np.ndarray], eps: float | None = None) -> dict[str, Carried]:
+    """§11: the gradients of <cotangents["y"], y> with respect to x and every weight, each with its bound in
+    eps when `eps` (the dtype under test's) is given, by §11.2's rules."""
+    bounds = eps is not None
+    x = Carried.exact(inputs["x"], bounds)  # (B, T, d_model)
+    W_1, b_1, W_2, b_2 = (Carried.exact(weights[n], bounds) for n in ("W_1", "b_1", "W_2", "b_2"))
+    dy = Carried.exact(cotangents["y"], bounds)  # (B, T, d_model)
+    B, T, d_model = x.shape
+    d_ff = W_1.shape[1]
+    # §5 again, with the bounds of the values the gradients need
+    h = x @ W_1 + b_1  # (B, T, d_ff), §5.1
+    a = activate(config["activation"], h)  # (B, T, d_ff), §6
+    # §5.2 backwards: y = a @ W_2 + b_2
+    rows = lambda v, n: v.reshape(B * T, n)  # the positions as one axis: weight gradients sum over them
+    grads = {"W_2": rows(a, d_ff).mT @ rows(dy, d_model), "b_2": dy.sum(axis=(0, 1))}
+    da = dy @ W_2.mT  # (B, T, d_ff)
+    # §6 backwards: the activation's slope at h
+    dh = da * derivative(config["activation"], h, eps)  # (B, T, d_ff)
+    # §5.1 backwards: h = x @ W_1 + b_1
+    grads.update({"W_1": rows(x, d_model).mT @ rows(dh, d_ff), "b_1": dh.sum(axis=(0, 1)), "x": dh @ W_1.mT})
+    return grads
+
+
+def activate(activation: str, h: Carried) -> Carried:
+    """§6 on h, with §8's bound: relu passes h's on, a GELU carries it by its largest slope and rounds."""
+    a = ACTIVATIONS[activation](h.value)
+    if not h.bounds:
+        return Carried(a, None)
+    if activation == "relu":
+        return Carried(a, h.bound)
+    return Carried(a, GELU_SLOPE * h.bound + 3 * np.abs(a) + np.abs(h.value))
+
+
+#: §11.2: the largest |act''| of the two GELUs, at h = 0 (2 / sqrt(2 pi) for the exact one, 0.798 too for the
+#: tanh form): an error in h moves the slope by at most this much times it.
+GELU_CURVATURE = 0.8
+
+
+def derivative(activation: str, h: Carried, eps: float | None) -> Carried:
+    """§11.1: act'(h), with §11.2's bound. relu's is 1 where h > 0 and 0 elsewhere (0 at h = 0); where h's own
+    bound reaches 0 a correct implementation may take either side, and the bound is 1 / eps (a whole unit)."""
+    v = h.value
+    if activation == "relu":
+        if eps is None:
+            return Carried((v > 0).astype(v.dtype), None)
+        return Carried((v > 0).astype(v.dtype), np.where(np.abs(v) <= h.bound * eps, 1.0 / eps, 0.0))
+    if activation == "gelu":
+        cdf = 0.5 * (1.0 + _erf(v * math.sqrt(0.5)))
+        pdf = np.exp(-0.5 * v**2) / math.sqrt(2 * math.pi)
+        first, second = cdf, v * pdf  # Phi(h) + h phi(h)
+        curvature = pdf * (2.0 - v**2)
+    else:  # gelu_tanh: 0.5 (1 + t) + 0.5 h (1 - t^2) u' with u = c (h + k h^3), t = tanh(u)
+        c, k = math.sqrt(2.0 / math.pi), 0.044715
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = np.tanh(c * (v + k * v**3))
+            du = c * (1.0 + 3 * k * v**2)
+            first, second = 0.5 * (1.0 + t), np.nan_to_num(0.5 * v * (1.0 - t**2) * du)
+            curvature = np.nan_to_num((1.0 - t**2) * (du + 0.5 * v * (6 * c * k * v - 2 * t * du**2)))
+    slope = first + second
+    if eps is None:
+        return Carried(slope, None)
+    return Carried(slope, GELU_CURVATURE * h.bound + 3 * (np.abs(first) + np.abs(second))
+                   + 2 * np.abs(v * curvature))
+
+
 class Implementation(NumpyImplementation):
     """The registered NumPy implementation (and, in float64, the reference)."""
 
     component = "ffn"
     forward = staticmethod(forward)
+    backward = staticmethod(backward)
 
 
 # --- conditions (the spec's `condition` table): where one rule applies --------------------------------------

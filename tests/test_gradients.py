@@ -1,0 +1,71 @@
+"""The reference's gradients (spec/README.md, "Gradients"): each component's backward pass against finite
+differences of its forward pass, over drawn examples of every parameter's domain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance.spec import list_components
+from tests.gradient_checks import (arrays, check_against_differences, differentiated, drawn, reference,
+                                   spec_of)
+
+#: The components whose spec has a `gradient` table, and whose reference a backward pass.
+DIFFERENTIATED = [c for c in list_components() if spec_of(c).gradients]
+
+
+def test_some_components_are_differentiated():
+    assert "ffn" in DIFFERENTIATED
+
+
+@pytest.mark.parametrize("component", DIFFERENTIATED)
+def test_the_gradient_table_lists_what_the_backward_pass_gives(component):
+    spec = spec_of(component)
+    assert list(spec.gradients) == differentiated(spec) or set(spec.gradients) == set(differentiated(spec))
+    assert callable(getattr(reference(component), "backward", None))
+
+
+@pytest.mark.parametrize("component", DIFFERENTIATED)
+def test_backward_agrees_with_finite_differences(component):
+    spec = spec_of(component)
+    failures = [line for i, example in enumerate(drawn(spec, 40, seed=1))
+                for line in check_against_differences(component, example, seed=i)]
+    assert not failures, "\n".join(failures[:10])
+
+
+@pytest.mark.parametrize("component", DIFFERENTIATED)
+def test_bounds_are_finite_and_cover_the_values_they_scale(component):
+    """With eps given every gradient carries a bound of its shape, finite and at least one rounding of the
+    value (a bound of 0 would hold a correct implementation to exact arithmetic)."""
+    spec = spec_of(component)
+    rng = np.random.default_rng(0)
+    for example in drawn(spec, 20, seed=2):
+        config, weights, inputs, cotangents = arrays(spec, example, rng)
+        plain = reference(component).backward(config, weights, inputs, cotangents)
+        grads = reference(component).backward(config, weights, inputs, cotangents, eps=2.0**-23)
+        for name in differentiated(spec):
+            g = grads[name]
+            assert g.bound is not None and g.bound.shape == g.value.shape, name
+            assert np.isfinite(g.bound).all(), (name, example)
+            assert (g.bound >= np.abs(g.value) * 0.999).all(), (name, example)
+            np.testing.assert_array_equal(g.value, plain[name].value)
+            assert plain[name].bound is None
+
+
+@pytest.mark.parametrize("component", DIFFERENTIATED)
+def test_differences_notice_a_gradient_off_by_one_part_in_ten_thousand(component, monkeypatch):
+    """The check above can fail: each gradient in turn, off by 1e-4 of itself, is noticed."""
+    from impls.numpy.carried import Carried
+
+    spec = spec_of(component)
+    module = reference(component)
+    right = module.backward
+    example = drawn(spec, 1, seed=3)[0]
+    for name in differentiated(spec):
+        def wrong(*args, name=name, **kwargs):
+            grads = right(*args, **kwargs)
+            return {**grads, name: Carried(grads[name].value * (1 + 1e-4), grads[name].bound)}
+
+        monkeypatch.setattr(module, "backward", wrong)
+        assert any(line.startswith(f"{name}:") for line in check_against_differences(component, example, seed=0)), name
+    monkeypatch.setattr(module, "backward", right)
