@@ -21,7 +21,8 @@ def test_some_components_are_differentiated():
 @pytest.mark.parametrize("component", DIFFERENTIATED)
 def test_the_gradient_table_lists_what_the_backward_pass_gives(component):
     spec = spec_of(component)
-    assert list(spec.gradients) == differentiated(spec) or set(spec.gradients) == set(differentiated(spec))
+    floats = [name for name, t in spec.inputs.items() if t.kind == "float"]
+    assert set(spec.gradients) == set(floats) | set(spec.weights)
     assert callable(getattr(reference(component), "backward", None))
 
 
@@ -43,7 +44,7 @@ def test_bounds_are_finite_and_cover_the_values_they_scale(component):
         config, weights, inputs, cotangents = arrays(spec, example, rng)
         plain = reference(component).backward(config, weights, inputs, cotangents)
         grads = reference(component).backward(config, weights, inputs, cotangents, eps=2.0**-23)
-        for name in differentiated(spec):
+        for name in differentiated(spec, example):
             g = grads[name]
             assert g.bound is not None and g.bound.shape == g.value.shape, name
             assert np.isfinite(g.bound).all(), (name, example)
@@ -61,7 +62,7 @@ def test_differences_notice_a_gradient_off_by_one_part_in_ten_thousand(component
     module = reference(component)
     right = module.backward
     example = drawn(spec, 1, seed=3)[0]
-    for name in differentiated(spec):
+    for name in differentiated(spec, example):
         def wrong(*args, name=name, **kwargs):
             grads = right(*args, **kwargs)
             return {**grads, name: Carried(grads[name].value * (1 + 1e-4), grads[name].bound)}

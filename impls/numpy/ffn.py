@@ -88,9 +88,15 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§11: the gradients of <cotangents["y"], y> with respect to x and every weight, each with its bound in
     eps when `eps` (the dtype under test's) is given, by §11.2's rules."""
     bounds = eps is not None
-    x = Carried.exact(inputs["x"], bounds)  # (B, T, d_model)
-    W_1, b_1, W_2, b_2 = (Carried.exact(weights[n], bounds) for n in ("W_1", "b_1", "W_2", "b_2"))
-    dy = Carried.exact(cotangents["y"], bounds)  # (B, T, d_model)
+    w = {name: Carried.exact(weights[name], bounds) for name in ("W_1", "b_1", "W_2", "b_2")}
+    return pullback(config, w, Carried.exact(inputs["x"], bounds), Carried.exact(cotangents["y"], bounds), eps)
+
+
+def pullback(config: Mapping[str, Any], weights: Mapping[str, Carried], x: Carried, dy: Carried,
+             eps: float | None) -> dict[str, Carried]:
+    """§11.1 on x and y's cotangent dy, each carrying its bound (a block's inner values do): the gradients
+    with respect to x ("x") and the weights, by name."""
+    W_1, b_1, W_2, b_2 = (weights[n] for n in ("W_1", "b_1", "W_2", "b_2"))
     B, T, d_model = x.shape
     d_ff = W_1.shape[1]
     # §5 again, with the bounds of the values the gradients need
