@@ -122,6 +122,8 @@ class Example:
     weights: dict[str, Any]
     inputs: dict[str, Any]
     expected: dict[str, Any]
+    cotangents: dict[str, Any] = field(default_factory=dict)  # optional: with `gradients`, §Gradients' values
+    gradients: dict[str, Any] = field(default_factory=dict)  # by input or weight name
 
 
 @dataclass
@@ -495,13 +497,17 @@ def _examples(text: str, path: Path, spec: Spec) -> list[Example]:
             data = json.loads(block[1])
             # an example enforces the sections it names and the one it stands in
             example = Example(data["name"], tuple(dict.fromkeys([*data["sections"], section])), data["config"],
-                              data["weights"], data["inputs"], data["expected"])
+                              data["weights"], data["inputs"], data["expected"], data.get("cotangents", {}),
+                              data.get("gradients", {}))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise SpecError(path, section, f"worked example is not valid: {e}") from None
         unknown = [s for s in data["sections"] if s not in spec.sections]
         if unknown:
             raise SpecError(path, section, f"worked example {example.name!r} names section {', '.join(unknown)}, "
                                            "which does not exist")
+        if bool(example.cotangents) != bool(example.gradients):
+            raise SpecError(path, section, f"worked example {example.name!r} gives cotangents without gradients or "
+                                           "gradients without cotangents; give both or neither")
         missing = [p.name for p in spec.shape_params if p.name not in example.config]
         if missing:
             raise SpecError(path, section, f"worked example {example.name!r} lacks parameters {missing}")

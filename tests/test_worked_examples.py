@@ -26,6 +26,28 @@ def test_reference_reproduces_worked_example(component, example):
                                        err_msg=f"{component} worked example {example.name!r}, output {name!r}")
 
 
+GRADIENT_EXAMPLES = [(c, ex) for c, ex in EXAMPLES if ex.gradients]
+
+
+def test_some_worked_examples_give_gradients():
+    assert any(c == "ffn" for c, _ in GRADIENT_EXAMPLES)
+
+
+@pytest.mark.parametrize("component, example", GRADIENT_EXAMPLES, ids=[f"{c}:{e.name}" for c, e in GRADIENT_EXAMPLES])
+def test_reference_backward_reproduces_worked_example(component, example):
+    """spec/README.md, "Gradients": a worked example's gradients, for its cotangents, to 1e-12."""
+    import importlib
+
+    spec = load_spec(find_spec_dir() / f"{component}.md")
+    weights, inputs = generate.worked_arrays(spec, example.weights, example.inputs)
+    cotangents = {name: np.asarray(c, dtype=np.float64) for name, c in example.cotangents.items()}
+    got = importlib.import_module(f"impls.numpy.{component}").backward(example.config, weights, inputs, cotangents)
+    assert set(example.gradients) <= set(got), sorted(set(example.gradients) - set(got))
+    for name, want in example.gradients.items():
+        np.testing.assert_allclose(got[name].value, np.asarray(want, dtype=np.float64), rtol=0, atol=1e-12,
+                                   err_msg=f"{component} worked example {example.name!r}, gradient {name!r}")
+
+
 def _torch_can_express(example) -> str | None:
     c = example.config
     if c["d_head"] * c["num_heads"] != c["d_model"]:
