@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, t
 from hypothesis.errors import Flaky, Unsatisfiable
 from hypothesis import seed as hypothesis_seed
 
-from conformance import conditions, deviations, evidence, generate, properties, tolerances
+from conformance import conditions, deviations, evidence, generate, gradients, properties, tolerances
 from conformance.deviations import Deviation
 from conformance.spec import Example, Spec, Tensor, evaluate, expression_names
 from conformance.tolerances import DTYPE_CONSTANTS, dtype_constants, finfo
@@ -77,8 +77,8 @@ REGION_EXAMPLES = 4
 #: Passing examples kept per cell for the report's error-against-shape plots (a uniform sample beyond this).
 SAMPLE_CAP = 200
 #: Keys a replayed example may carry beside its parameters: the property it checks, the other shapes of a
-#: statelessness sequence, and the examples run on its instance before it.
-REPLAY_KEYS = ("property", "then", "after")
+#: statelessness sequence, the examples run on its instance before it, and whether it checks the gradients.
+REPLAY_KEYS = ("property", "then", "after", "gradients")
 
 
 def point(example: Mapping[str, Any]) -> dict[str, Any]:
@@ -240,6 +240,9 @@ class CellResult:
     environment: dict[str, Any] = field(default_factory=dict)  # framework versions, precision flags
     # the spec's properties (conformance/properties.py): name -> what each came to, with its counterexample
     properties: dict[str, Any] = field(default_factory=dict)
+    # the gradients (conformance/gradients.py), judged apart from the forward verdict: their own verdict,
+    # the largest error / budget of each, and a failure's example and reproduce line
+    gradients: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "verdict": Verdict(self.verdict).value}
@@ -518,6 +521,7 @@ class Runner:
         finally:
             self.shapes_seen.add(shapes)
         self.last["outputs"] = named_outputs(got, self.outputs)
+        self.last["instance"] = instance  # loaded with the example's weights: the gradients are checked on it
         return self.judge(example, inputs)
 
     def shapes_key(self, example: Mapping[str, Any], inputs: Mapping[str, Any]) -> tuple:
@@ -916,6 +920,7 @@ class Recorder:
         self.skipped: list[str] = []
         self.attempts = 0  # examples run, whatever came of them
         self.properties = properties.Checks(runner)
+        self.gradients = gradients.GradientChecks(runner)
         runner.on_stateful = lambda example, reason: self.properties.fail(properties.PropertyFailure(
             Property.STATELESSNESS, f"it fails after other calls on the same instance, and passes on a fresh one: "
                                     f"{reason}", example))
@@ -937,6 +942,9 @@ class Recorder:
                 self.result.evidence = evidence.keep(self.runner.last, self.spec)
             return "deviated"
         self.record(ex, outcome)
+        if ex is not None and self.runner.last.get("instance") is not None and self.gradients.due(ex):
+            self.gradients.check(ex, self.runner.last["instance"], self.runner.last,
+                                 self._repro({**ex, gradients.REPLAY_KEY: True}))
         if ex is not None and (property_named := properties.parse(self.spec, ex)) is not None:
             self.check_properties(ex, only=property_named)
         elif ex is not None and self.properties.due():
@@ -975,6 +983,7 @@ class Recorder:
                 record.not_reached["no example passed the reference comparison to start from: each deviated as "
                                    "the ledger records, or was skipped"] = len(self.deviated) + len(self.skipped)
         result.properties = self.properties.to_json()
+        result.gradients = self.gradients.to_json()
         if self.ratios:
             result.p99_ratio = float(np.percentile(self.ratios, 99))
             result.p99_error = {k: float(np.percentile(v, 99)) for k, v in self.errors.items()}

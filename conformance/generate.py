@@ -158,7 +158,8 @@ def is_float(dtype: np.dtype) -> bool:
 def parse_example(spec: Spec, text: str) -> dict[str, Any]:
     """--example as JSON: exactly the spec's parameters, its magnitudes and `seed`, each in its domain; a
     failure's repro line may add the property it checks (`property`), the other shapes of a statelessness
-    sequence (`then`, an example) and the examples run on the same instance before it (`after`, a list)."""
+    sequence (`then`, an example), the examples run on the same instance before it (`after`, a list) and
+    whether it checks the gradients (`gradients`: true)."""
     try:
         example = json.loads(text)
     except json.JSONDecodeError as e:
@@ -167,8 +168,14 @@ def parse_example(spec: Spec, text: str) -> dict[str, Any]:
         raise UsageError("--example is not valid JSON: nested too deeply") from None
     if not isinstance(example, dict):
         return _checked_example(spec, example)
-    extra = {k: example.pop(k) for k in ("property", "then", "after") if k in example}
+    extra = {k: example.pop(k) for k in ("property", "then", "after", "gradients") if k in example}
     example = _checked_example(spec, example)
+    if "gradients" in extra:
+        if extra["gradients"] is not True:
+            raise UsageError(f"--example: gradients is {json.dumps(extra['gradients'])[:40]}; the only value is true")
+        if not spec.gradients:
+            raise UsageError(f"--example: gradients: spec/{spec.component}.md has no gradient table")
+        example["gradients"] = True
     if "property" in extra:
         if extra["property"] not in spec.properties:
             raise UsageError(f"--example: property is {json.dumps(extra['property'])[:40]}; {spec.component}'s "

@@ -410,8 +410,12 @@ def load_spec(path: Path | str) -> Spec:
                 raise SpecError(path, "", f"output {output.name!r} compares greedily against {logits!r}, "
                                           "which is not a float output")
     if spec.gradients:  # every float input and every weight is differentiated (spec/README.md, "Gradients")
-        missing = [n for n in [t.name for t in spec.inputs.values() if t.kind == "float"] + list(spec.weights)
-                   if n not in spec.gradients]
+        floats = [t.name for t in spec.inputs.values() if t.kind == "float"] + list(spec.weights)
+        unknown = [n for n in spec.gradients if n not in floats]
+        if unknown:
+            raise SpecError(path, "", f"gradient {unknown[0]!r} is not a float input or a weight of this component; "
+                                      f"valid: {', '.join(floats)}")
+        missing = [n for n in floats if n not in spec.gradients]
         if missing:
             raise SpecError(path, "", f"the gradient table has no row for {', '.join(missing)}")
     for row in [*spec.params.values(), *spec.weights.values(), *spec.inputs.values(), *spec.outputs.values(),
@@ -473,10 +477,7 @@ def _add_row(spec: Spec, header: list[str], row: list[str], name: str, path: Pat
         if name not in valid:
             raise ValueError(f"is not a property the harness checks; valid: {', '.join(valid)}")
         spec.properties[name] = PropertyRow(name, _sections(col("sections")), col("meaning"))
-    elif kind == "gradient":
-        floats = [t.name for t in spec.inputs.values() if t.kind == "float"] + list(spec.weights)
-        if name not in floats:
-            raise ValueError(f"is not a float input or a weight of this component; valid: {', '.join(floats)}")
+    elif kind == "gradient":  # its names are checked once every table is read
         spec.gradients[name] = GradientRow(name, _sections(col("sections")), col("meaning"))
     elif kind == "constant":
         target = _cell(col("target")) if "target" in header else ""

@@ -81,8 +81,10 @@ def _broken(tmp_path, root, old, new, count=1):
     ("(component `mha`)", "(component `attention`)", r"title names component 'attention'"),
     ("### 7.4 Query rows", "### 7.3 Query rows", r"section 7.3: section number used twice"),
     ('"name": "one head by hand",', '"name": "one head by hand"', r"section 10.1: worked example is not valid"),
-    ('"sections": ["6.1", "6.3", "6.4", "6.5", "6.6"],', '"sections": ["6.1", "12"],',
-     r"worked example 'one head by hand' names section 12, which does not exist"),
+    ('"sections": ["6.1", "6.3", "6.4", "6.5", "6.6", "12.1"],', '"sections": ["6.1", "99"],',
+     r"worked example 'one head by hand' names section 99, which does not exist"),
+    ("| `W_q` | 12.1, 12.2 |", "| `W_x` | 12.1, 12.2 |", r"gradient 'W_x' is not a float input or a weight"),
+    ("| `b_o` | 12.1, 12.2 | `dL/db_o` |\n", "", r"the gradient table has no row for b_o"),
     ("| `query` | `(B, Lq, d_model)` | float |", "| `query` | `B, Lq, d_model` | float |", r"section 4: input 'query': shape"),
 ])
 def test_malformed_spec_names_file_and_section(tmp_path, root, old, new, message):

@@ -27,7 +27,10 @@ class NumpyImplementation:
         return ["cpu"]
 
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str) -> "_Instance":
-        return _Instance(type(self).forward, config, dtype)
+        backward = getattr(type(self), "backward", None)  # spec's gradients section, where it has one
+        if backward is None:
+            return _Instance(type(self).forward, config, dtype)
+        return _DifferentiableInstance(type(self).forward, config, dtype, backward)
 
     def environment(self) -> dict[str, Any]:
         import ml_dtypes
@@ -48,3 +51,17 @@ class _Instance:
         outputs = self.forward(self.config, self.weights, inputs)
         return {name: value.astype(self.dtype) if value.dtype.kind in "fV" else value
                 for name, value in outputs.items()}
+
+
+class _DifferentiableInstance(_Instance):
+    """An instance whose component's reference has a backward pass: `vjp` runs it in the instance's dtype."""
+
+    def __init__(self, forward: Callable[..., dict[str, np.ndarray]], config: Mapping[str, Any], dtype: str,
+                 backward: Callable[..., dict[str, Any]]):
+        super().__init__(forward, config, dtype)
+        self.backward = backward
+
+    def vjp(self, inputs: Mapping[str, Any], cotangents: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        given = {name: c for name, c in cotangents.items() if c is not None}  # None: an integer output
+        grads = self.backward(self.config, self.weights, inputs, given)
+        return {name: np.asarray(g.value).astype(self.dtype) for name, g in grads.items()}

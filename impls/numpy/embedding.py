@@ -12,6 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from impls.numpy import NumpyImplementation
+from impls.numpy.bounds import rounding
+from impls.numpy.carried import Carried
 
 BASE = 10000  # §6.5
 
@@ -72,11 +74,69 @@ def magnitude(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], toke
     return np.abs(E[tokens]) * abs(s) + np.abs(PE)[None] + np.abs(angle)[None]
 
 
+def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             cotangents: Mapping[str, np.ndarray], eps: float | None = None) -> dict[str, Carried]:
+    """§12: the gradients of <cotangents["x"], x> with respect to E and P, each with its bound in eps when
+    `eps` (the dtype under test's) is given, by §12.2's rules. The tokens are not differentiated, and
+    `padding_mask`, being boolean, has no cotangent."""
+    bounds = eps is not None
+    w = {name: Carried.exact(weights[name], bounds) for name in ("E", "P")}
+    return pullback(config, w, np.asarray(inputs["tokens"]), Carried.exact(cotangents["x"], bounds), eps)
+
+
+def pullback(config: Mapping[str, Any], weights: Mapping[str, Carried], tokens: np.ndarray, d_x: Carried,
+             eps: float | None) -> dict[str, Carried]:
+    """§12.1 on x's cotangent d_x, (B, T, d_model), carrying its bound (a model's inner values do): the
+    gradients with respect to E ("E") and P ("P"). x is affine in both, so their values are not needed,
+    only their shapes."""
+    E, P = weights["E"], weights["P"]
+    vocab_size, max_len = E.shape[0], P.shape[0]
+    # §6.6 backwards: x = emb * s + PE[None]; PE gets the sum of d_x over the batch
+    if config["positional"] == "learned":  # §6.4 backwards: PE = P[:T]; rows T and beyond are not read
+        grads = {"P": padded(d_x.sum(axis=0), max_len)}  # (T, d_model) -> (max_len, d_model)
+    elif config["positional"] == "sinusoidal":  # §6.5: PE has no weights and P is not read
+        grads = {"P": Carried.exact(np.zeros(P.shape), d_x.bounds)}  # (max_len, d_model)
+    else:
+        raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {config['positional']!r}")
+    # §6.2 backwards: d_emb = d_x * s, s rounded once as §8.1 counts it (s = 1 is exact and not applied)
+    d_emb = d_x
+    if config["scale"]:
+        s = np.sqrt(E.value.dtype.type(config["d_model"]))
+        d_emb = d_x * Carried(s, abs(s) if d_x.bounds else None)  # (B, T, d_model)
+    # §6.1 backwards: emb[b, t] = E[tokens[b, t]]; each position's row goes back to its id's row of E,
+    # padding positions (id 0) included (§7.2)
+    rows = d_emb.reshape(-1, d_emb.shape[-1])  # (B * T, d_model)
+    grads["E"] = scatter_rows(tokens.reshape(-1), rows, vocab_size)  # (vocab_size, d_model)
+    return grads
+
+
+def scatter_rows(ids: np.ndarray, rows: Carried, n: int) -> Carried:
+    """§12.1: a scatter-add, (n, width): out[v] is the sum of rows[i] over every i with ids[i] = v, 0 where v
+    does not occur. §12.2: row v is a sum of as many terms as v occurs, bounded by spec/README.md's rule for
+    a sum of that many terms (the zeros a one-hot product would add are exact)."""
+    value = np.zeros((n, rows.shape[-1]), rows.value.dtype)
+    np.add.at(value, ids, rows.value)  # (n, width), in the order of the positions
+    if not rows.bounds:
+        return Carried(value, None)
+    inherited, size = np.zeros(value.shape), np.zeros(value.shape)
+    np.add.at(inherited, ids, rows.bound**2)
+    np.add.at(size, ids, np.abs(rows.value))
+    r = np.array([rounding(int(count)) for count in np.bincount(ids, minlength=n)])[:, None]  # (n, 1)
+    return Carried(value, np.sqrt(inherited) + r * size)
+
+
+def padded(rows: Carried, n: int) -> Carried:
+    """`rows` followed by exact zero rows, n rows in all."""
+    pad = [(0, n - rows.shape[0])] + [(0, 0)] * (rows.value.ndim - 1)
+    return Carried(np.pad(rows.value, pad), None if not rows.bounds else np.pad(rows.bound, pad))
+
+
 class Implementation(NumpyImplementation):
     """The registered NumPy implementation (and, in float64, the reference)."""
 
     component = "embedding"
     forward = staticmethod(forward)
+    backward = staticmethod(backward)
 
 
 # --- conditions (the spec's `condition` table): where one rule applies --------------------------------------

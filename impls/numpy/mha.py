@@ -14,6 +14,7 @@ import numpy as np
 
 from impls.numpy import NumpyImplementation
 from impls.numpy.bounds import extreme, linear_bound, rounding
+from impls.numpy.carried import Carried
 
 
 def broadcast_mask(mask: np.ndarray | None, B: int, Lq: int, Lk: int) -> np.ndarray:
@@ -116,29 +117,67 @@ def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
                     bias_by_position: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """§6 on `inputs` as the reference computes it, and §9's bounds: (output, attention weights, the output's
     bound, the weights' bound). `input_bounds` says how far query, key and value may already be off, in eps
-    (zero for the component on its own; what came before inside a block). The bounds are each projection's,
-    the scores' (the error of q and k carried by the other's size, and the rounding of the dot product and the
-    scaling), the weights' (relative: the score's error and the rounding of exp at its distance from the row's
-    largest visible score, those of the row as the sum carries them, and the sum's rounding; every visible
-    weight then held to its row's largest), the context's and the output projection's. `diagnostics` gets
-    `score_scale` and `largest_score`, the largest visible score and the largest of any as sums of the terms'
-    sizes, and `largest_output_term`, the largest size of the terms an output sums (for the range rule)."""
+    (zero for the component on its own; what came before inside a block). The bounds are `attention_terms`'
+    and the output projection's. `diagnostics` gets `score_scale` and `largest_score`, the largest visible
+    score and the largest of any as sums of the terms' sizes, and `largest_output_term`, the largest size of
+    the terms an output sums (for the range rule)."""
+    H, d = config["num_heads"], config["d_head"]
+    B, Lq, _ = inputs["query"].shape
+    out = _attend(config, weights, inputs, softmax, bias_by_position)
+    p = out["attention_weights"]  # (B, H, Lq, Lk), 0 at every hidden key and in every fully masked row
+    t = attention_terms(config, weights, inputs, input_bounds, p)
+    terms, visible, v = t["terms"], t["visible"], t["v"]
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, Lq, H * d)  # (B, H, Lq, d) -> (B, Lq, H*d)
+    _, output_bound = linear_bound(merge(t["context"]), merge(t["context_bound"]), weights["W_o"], weights["b_o"])
+    # masked scores too in largest_score: an implementation computes every score
+    extreme(diagnostics, "score_scale", float(terms[visible].max()) if visible.any() else 0.0, max)
+    extreme(diagnostics, "largest_score", float(terms.max()), max)
+    output_terms = merge(p @ np.abs(v)) @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])
+    extreme(diagnostics, "largest_output_term", float(output_terms.max()), max)
+    return out["output"], p, output_bound, t["row_bound"]
+
+
+def attention_terms(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+                    input_bounds: Mapping[str, np.ndarray] | None, p: np.ndarray | None = None,
+                    weight_bounds: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray | None]:
+    """The values of §6.1 to §6.5 and their §9 bounds, by name: `q`, `k`, `v` split by head (B, H, L, d_head),
+    `scores`, `terms` (the sizes of the scores' terms) and `visible` (the mask, broadcast), `p` (the weights:
+    as given, else §6.4 of the scores), `context` (B, H, Lq, d_head), and `<name>_bound` beside each value
+    (None where `input_bounds` is None). The bounds are each projection's (the input's error, the weights'
+    own in `weight_bounds` if any, and the rounding), the scores' (the error of q and k carried by the other's
+    size, and the rounding of the dot product and the scaling), the weights' (relative: the score's error and
+    the rounding of exp at its distance from the row's largest visible score, those of the row as the sum
+    carries them, and the sum's rounding; `row_bound` holds every visible weight to its row's largest, 0 where
+    a key is hidden) and the context's."""
     H, d = config["num_heads"], config["d_head"]
     B, Lq, _ = inputs["query"].shape
     Lk = inputs["key"].shape[1]
-    out = _attend(config, weights, inputs, softmax, bias_by_position)
-    p = out["attention_weights"]  # (B, H, Lq, Lk), 0 at every hidden key and in every fully masked row
+    bounds = input_bounds is not None
 
     def project(name, W):  # (B, L, H*d) -> (B, H, L, d): value and bound
-        value, bound = linear_bound(inputs[name], input_bounds[name], weights[f"W_{W}"], weights[f"b_{W}"])
-        return [a.reshape(B, -1, H, d).transpose(0, 2, 1, 3) for a in (value, bound)]
+        x, W_, b = inputs[name], weights[f"W_{W}"], weights[f"b_{W}"]
+        value, bound = linear_bound(x, input_bounds[name] if bounds else None, W_, b)
+        if bounds and weight_bounds is not None:  # the weights' own errors, if they carry any, in quadrature
+            eW, eb = weight_bounds[f"W_{W}"], weight_bounds[f"b_{W}"]
+            if np.any(eW) or np.any(eb):
+                bound = (np.sqrt(input_bounds[name]**2 @ W_**2 + x**2 @ eW**2 + eb**2)
+                         + rounding(x.shape[-1] + 1) * (np.abs(x) @ np.abs(W_) + np.abs(b)))
+        return [None if a is None else a.reshape(B, -1, H, d).transpose(0, 2, 1, 3) for a in (value, bound)]
 
     (q, q_bound), (k, k_bound), (v, v_bound) = project("query", "q"), project("key", "k"), project("value", "v")
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, Lq, Lk)
     terms = np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2) / math.sqrt(d)  # (B, H, Lq, Lk)
+    visible = np.broadcast_to(broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None], scores.shape)
+    if p is None:
+        p = masked_softmax(scores, visible)  # (B, H, Lq, Lk), 0 at every hidden key and in every fully masked row
+    context = p @ v  # (B, H, Lq, d)
+    t = {"q": q, "k": k, "v": v, "scores": scores, "terms": terms, "visible": visible, "p": p, "context": context,
+         "q_bound": q_bound, "k_bound": k_bound, "v_bound": v_bound, "scores_bound": None, "p_bound": None,
+         "row_bound": None, "context_bound": None}
+    if not bounds:
+        return t
     s_bound = (np.sqrt(q_bound**2 @ (k**2).transpose(0, 1, 3, 2) + q**2 @ (k_bound**2).transpose(0, 1, 3, 2))
                / math.sqrt(d) + (rounding(d) + 1) * terms)
-    visible = np.broadcast_to(broadcast_mask(inputs.get("attention_mask"), B, Lq, Lk)[:, None], scores.shape)
     top = np.where(visible, scores, -np.inf).max(axis=-1, keepdims=True)  # (B, H, Lq, 1)
     top = np.where(np.isfinite(top), top, 0.0)  # a fully masked row has no visible score, and weights 0
     relative = np.where(visible, s_bound + np.abs(scores - top) + 2, 0.0)  # (B, H, Lq, Lk)
@@ -146,16 +185,83 @@ def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
     # each visible weight is held to its row's largest bound: first order no longer holds where a weight has
     # underflowed in the reference and the row's scores are off by as much as their gaps
     row_bound = np.where(visible, p_bound.max(axis=-1, keepdims=True), 0.0)
-    context = p @ v  # (B, H, Lq, d)
     context_bound = p_bound @ np.abs(v) + p @ v_bound + rounding(Lk) * (p @ np.abs(v))
-    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, Lq, H * d)  # (B, H, Lq, d) -> (B, Lq, H*d)
-    _, output_bound = linear_bound(merge(context), merge(context_bound), weights["W_o"], weights["b_o"])
-    # masked scores too in largest_score: an implementation computes every score
-    extreme(diagnostics, "score_scale", float(terms[visible].max()) if visible.any() else 0.0, max)
-    extreme(diagnostics, "largest_score", float(terms.max()), max)
-    output_terms = merge(p @ np.abs(v)) @ np.abs(weights["W_o"]) + np.abs(weights["b_o"])
-    extreme(diagnostics, "largest_output_term", float(output_terms.max()), max)
-    return out["output"], p, output_bound, row_bound
+    t.update(scores_bound=s_bound, p_bound=p_bound, row_bound=row_bound, context_bound=context_bound)
+    return t
+
+
+# --- §12: gradients -------------------------------------------------------------------------------------
+
+#: §3: the weights, in the order of the spec's table.
+WEIGHTS = ("W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "W_o", "b_o")
+
+
+def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             cotangents: Mapping[str, np.ndarray], eps: float | None = None) -> dict[str, Carried]:
+    """§12: the gradients of <cotangents, outputs> (of `output` and `attention_weights`; one left out counts
+    as zero) with respect to query, key, value and every weight, each with its bound in eps when `eps` (the
+    dtype under test's) is given, by §12.2's rules."""
+    bounds = eps is not None
+    exact = lambda a: Carried.exact(a, bounds)
+    query, key, value = (exact(inputs[name]) for name in ("query", "key", "value"))
+    d_output = cotangents.get("output")
+    d_weights = cotangents.get("attention_weights")
+    return pullback(config, {name: exact(weights[name]) for name in WEIGHTS}, query, key, value,
+                    inputs.get("attention_mask"), exact(np.zeros(query.shape) if d_output is None else d_output),
+                    None if d_weights is None else exact(d_weights), eps)
+
+
+def pullback(config: Mapping[str, Any], weights: Mapping[str, Carried], query: Carried, key: Carried,
+             value: Carried, mask: np.ndarray | None, d_output: Carried, d_weights: Carried | None,
+             eps: float | None) -> dict[str, Carried]:
+    """§12.1 on query, key and value and the cotangents of `output` (d_output, (B, Lq, d_model)) and of
+    `attention_weights` (d_weights, (B, H, Lq, Lk), None for none), each carrying its bound (a block's inner
+    values do): the gradients with respect to "query", "key", "value" and the weights, by name. `mask` is
+    the attention mask as the forward takes it (§7.2). The bounds follow the inputs'; `eps` changes nothing
+    here, as attention has no kink (§12.1)."""
+    H, d = config["num_heads"], config["d_head"]
+    B = query.shape[0]
+    bounds = query.bounds
+    # §6.1 to §6.5 again, with §9's bounds of the values the gradients need; the weights' bound is §9's row bound
+    t = attention_terms(
+        config, {n: weights[n].value for n in WEIGHTS},
+        {"query": query.value, "key": key.value, "value": value.value, "attention_mask": mask},
+        {"query": query.bound, "key": key.bound, "value": value.bound} if bounds else None,
+        weight_bounds={n: weights[n].bound for n in WEIGHTS} if bounds else None)
+    q, k, v = (Carried(t[n], t[f"{n}_bound"]) for n in ("q", "k", "v"))  # (B, H, L, d_head)
+    p = Carried(t["p"], t["row_bound"])  # (B, H, Lq, Lk), exactly 0 at hidden keys and in fully masked rows
+    context = Carried(t["context"], t["context_bound"])  # (B, H, Lq, d_head)
+    heads = lambda a: a.reshape(B, -1, H, d).transpose(0, 2, 1, 3)  # (B, L, H*d) -> (B, H, L, d)
+    merge = lambda a: a.transpose(0, 2, 1, 3).reshape(B, -1, H * d)  # (B, H, L, d) -> (B, L, H*d)
+    rows = lambda a: a.reshape(-1, a.shape[-1])  # the positions as one axis: weight gradients sum over them
+
+    # §6.6 backwards: output = C @ W_o + b_o
+    grads = {"W_o": rows(merge(context)).mT @ rows(d_output), "b_o": d_output.sum(axis=(0, 1))}
+    dC = heads(d_output @ weights["W_o"].mT)  # (B, H, Lq, d_head), §6.5's head merge undone
+    # §6.5 backwards: C_h = A_h @ V_h
+    dV = p.mT @ dC  # (B, H, Lk, d_head)
+    dP = dC @ v.mT  # (B, H, Lq, Lk)
+    if d_weights is not None:  # A_h is an output too
+        dP = dP + d_weights
+    # §6.4 backwards: dS = A (dP - sum_k A dP) over the row's keys; A = 0 at a hidden key and in a fully
+    # masked row (§7.4), so their dS is exactly 0
+    row = (p * dP).sum(axis=-1, keepdims=True)  # (B, H, Lq, 1)
+    if bounds:  # the same sum as dC . C_h plus sum_k A d_weights (FlashAttention's order): held to either bound
+        other = (dC * context).sum(axis=-1, keepdims=True)
+        if d_weights is not None:
+            other = other + (p * d_weights).sum(axis=-1, keepdims=True)
+        row = Carried(row.value, np.maximum(row.bound, other.bound))
+    dS = p * (dP - row)  # (B, H, Lq, Lk)
+    # §6.3 backwards: scores = Q_h K_h^T / sqrt(d_head)
+    scale = 1.0 / math.sqrt(d)
+    dQ = (dS @ k).scaled(scale)  # (B, H, Lq, d_head)
+    dK = (dS.mT @ q).scaled(scale)  # (B, H, Lk, d_head)
+    # §6.2 backwards (the heads merged into their columns), §6.1 backwards: Q = X_q @ W_q + b_q and the others
+    for name, x, dX, w in (("query", query, dQ, "q"), ("key", key, dK, "k"), ("value", value, dV, "v")):
+        dX = merge(dX)  # (B, L, H*d_head)
+        grads.update({f"W_{w}": rows(x).mT @ rows(dX), f"b_{w}": dX.sum(axis=(0, 1)),
+                      name: dX @ weights[f"W_{w}"].mT})
+    return grads
 
 
 class Implementation(NumpyImplementation):
@@ -163,6 +269,7 @@ class Implementation(NumpyImplementation):
 
     component = "mha"
     forward = staticmethod(forward)
+    backward = staticmethod(backward)
 
 
 # --- conditions (the spec's `condition` table): where one rule applies --------------------------------------

@@ -17,7 +17,9 @@ graphs instead of compiling them, and the results record where.
 
 from __future__ import annotations
 
+import copy
 import os
+import weakref
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -158,6 +160,7 @@ class ModuleInstance:
 
     def load(self, weights: Mapping[str, np.ndarray]) -> None:
         self.load_canonical(self.module, weights)
+        self.shapes = {name: np.shape(w) for name, w in weights.items()}
 
     def __call__(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         tensors = {name: None if x is None else to_tensor(x, self.device) for name, x in inputs.items()}
@@ -165,6 +168,73 @@ class ModuleInstance:
             result = self.forward(**tensors)
         result = result if isinstance(result, tuple) else (result,)
         return tuple(to_numpy(value) for value in result)
+
+    def vjp(self, inputs: Mapping[str, Any], cotangents: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """The gradients of sum(cotangent * output) over the outputs given a cotangent (in the order the module
+        returns them, None for an output that has none), with respect to the float inputs and the canonical
+        weights, by autograd through the module (the compiled one in the compiled mode); the weights' through
+        `load_canonical` backwards (`canonical_gradients`)."""
+        tensors = {name: None if x is None else to_tensor(x, self.device) for name, x in inputs.items()}
+        floats = [name for name, t in tensors.items() if t is not None and t.is_floating_point()]
+        for name in floats:
+            tensors[name].requires_grad_(True)
+        params = dict(self.module.named_parameters())
+        with torch.enable_grad():
+            result = self.forward(**tensors)
+        result = result if isinstance(result, tuple) else (result,)
+        pairs = [(out, to_tensor(c, self.device)) for out, c in zip(result, cotangents.values(), strict=True)
+                 if c is not None]
+        wrt = [tensors[name] for name in floats] + list(params.values())
+        grads = torch.autograd.grad([o for o, _ in pairs], wrt, [c for _, c in pairs], allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, wrt)]
+        found = {name: to_numpy(g) for name, g in zip(floats, grads)}
+        by_param = {name: to_numpy(g) for name, g in zip(params, grads[len(floats):])}
+        return {**found, **canonical_gradients(self.module, self.load_canonical, self.shapes, by_param)}
+
+
+def canonical_gradients(module: torch.nn.Module, load_canonical: Callable[[Any, Mapping[str, np.ndarray]], None],
+                        shapes: Mapping[str, tuple[int, ...]], by_param: Mapping[str, np.ndarray]
+                        ) -> dict[str, np.ndarray]:
+    """Gradients of a module's parameters as gradients of the canonical weights it was loaded from.
+
+    A converter that places each canonical element somewhere (transposed, split, packed, reordered, or in
+    several places) and fills the rest with constants is undone by summing each parameter element's gradient
+    into the element it came from. Where each came from is found once per set of shapes: a float64 copy of
+    the module is loaded with every canonical element's own number (1, 2, ...; 0 is no element) and its
+    parameters read back. A converter that computes with the weights (scales, adds) is not such a
+    rearrangement, and gets a ValueError: its implementation must give `vjp` itself."""
+    found_for = _SOURCES.setdefault(module, {})
+    key = tuple(sorted((n, tuple(s)) for n, s in shapes.items()))
+    if key not in found_for:
+        probe = copy.deepcopy(module).to("cpu", torch.float64)
+        numbers, start = {}, 1
+        for name, shape in shapes.items():
+            size = int(np.prod(shape))
+            numbers[name] = np.arange(start, start + size, dtype=np.float64).reshape(shape)
+            start += size
+        load_canonical(probe, numbers)
+        sources = {}
+        for name, p in probe.named_parameters():
+            found = p.detach().numpy()
+            if not (np.all(found == np.round(found)) and found.min(initial=0) >= 0 and found.max(initial=0) < start):
+                raise ValueError(f"load_canonical does more than rearrange the weights into {name!r}; give vjp")
+            sources[name] = found.astype(np.int64)
+        found_for[key] = (sources, start)
+    sources, total = found_for[key]
+    flat = np.zeros(total)
+    for name, g in by_param.items():
+        np.add.at(flat, sources[name].ravel(), np.asarray(g, dtype=np.float64).ravel())
+    dtype = next(iter(by_param.values())).dtype if by_param else np.float64
+    out, start = {}, 1
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        out[name] = flat[start:start + size].reshape(shape).astype(dtype)
+        start += size
+    return out
+
+
+#: canonical_gradients' findings: module -> its weights' shapes -> (each parameter's source numbers, their count + 1)
+_SOURCES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 class TorchImplementation:
