@@ -250,8 +250,8 @@ class LayerInstance:
     """
 
     def __init__(self, layer: keras.layers.Layer, load_canonical: Callable[[Any, Mapping[str, np.ndarray]], None],
-                 *, device: str, mode: str = "eager"):
-        self.layer, self.load_canonical = layer, load_canonical
+                 *, device: str, mode: str = "eager", probe: Callable[[], keras.layers.Layer] | None = None):
+        self.layer, self.load_canonical, self.mode, self.probe = layer, load_canonical, mode, probe
         self.device = keras_device(device)
         pin_precision()
         with keras.device(self.device):
@@ -260,10 +260,34 @@ class LayerInstance:
             self.call = compile_call(layer)
         else:
             self.call = lambda tensors: layer(**tensors, training=False)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._gradient_call: Callable[..., Any] | None = None
 
     def load(self, weights: Mapping[str, np.ndarray]) -> None:
         with keras.device(self.device):
             self.load_canonical(self.layer, weights)
+        self.shapes = {name: np.shape(w) for name, w in weights.items()}
+
+    def vjp(self, inputs: Mapping[str, Any], cotangents: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """The gradients of sum(cotangent * output) over the outputs given a cotangent (in the order the layer
+        returns them, None for an output that has none), with respect to the float inputs and the canonical
+        weights: the backend's own differentiation (`gradient_call`) of the layer's `stateless_call`, compiled
+        in the compiled mode; the trainable variables' gradients go through `load_canonical` backwards
+        (`impls.torch.canonical_gradients`' method, on a float64 copy of the layer made by `probe`)."""
+        if self.probe is None:
+            raise NotImplementedError("this layer's instance was built without a float64 probe for its weights")
+        with keras.device(self.device):
+            tensors = {name: None if x is None else ops.convert_to_tensor(x) for name, x in inputs.items()}
+            floats = [name for name, x in inputs.items() if x is not None and np.asarray(x).dtype.kind in "fV"]
+            given = [ops.convert_to_tensor(c) if c is not None else None for c in cotangents.values()]
+            if self._gradient_call is None:
+                self._gradient_call = gradient_call(self.layer, compiled=self.mode == "compiled")
+            trainable = [v.value for v in self.layer.trainable_variables]
+            non_trainable = [v.value for v in self.layer.non_trainable_variables]
+            by_input, by_variable = self._gradient_call(trainable, non_trainable, tensors, floats, given)
+        found = {name: ops.convert_to_numpy(g) for name, g in zip(floats, by_input)}
+        by_variable = [ops.convert_to_numpy(g) for g in by_variable]
+        return {**found, **canonical_weight_gradients(self, by_variable)}
 
     def __call__(self, inputs: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
         with keras.device(self.device):
@@ -271,6 +295,106 @@ class LayerInstance:
             result = self.call(tensors)
         result = tuple(result) if isinstance(result, (tuple, list)) else (result,)
         return tuple(ops.convert_to_numpy(value) for value in result)
+
+
+def gradient_call(layer: keras.layers.Layer, compiled: bool) -> Callable[..., tuple[list, list]]:
+    """A function (trainable values, non-trainable values, tensors, names of the float tensors, cotangents) ->
+    (gradients of the float tensors, of the trainable values), through the backend's differentiation: jax.vjp,
+    tf.GradientTape or torch.autograd; jax.jit, tf.function (XLA) or torch.compile of it when `compiled`."""
+    name = backend()
+
+    def outputs(trainable, non_trainable, tensors):
+        result, _ = layer.stateless_call(trainable, non_trainable, **tensors, training=False)
+        return list(result) if isinstance(result, (tuple, list)) else [result]
+
+    if name == "jax":
+        import jax
+
+        def grads(trainable, non_trainable, tensors, floats, given):
+            def f(trainable, chosen):
+                out = outputs(trainable, non_trainable, {**tensors, **chosen})
+                return [o for o, c in zip(out, given, strict=True) if c is not None]
+            _, pull = jax.vjp(f, trainable, {n: tensors[n] for n in floats})
+            by_variable, by_input = pull([c for c in given if c is not None])
+            return [by_input[n] for n in floats], list(by_variable)
+
+        return jax.jit(grads, static_argnums=(3,)) if compiled else grads
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        def grads(trainable, non_trainable, tensors, floats, given):
+            with tf.GradientTape() as tape:
+                tape.watch(trainable)
+                tape.watch([tensors[n] for n in floats])
+                out = outputs(trainable, non_trainable, tensors)
+                chosen = [(o, c) for o, c in zip(out, given, strict=True) if c is not None]
+            found = tape.gradient([o for o, _ in chosen], [tensors[n] for n in floats] + list(trainable),
+                                  output_gradients=[c for _, c in chosen],
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return found[:len(floats)], found[len(floats):]
+
+        if not compiled:
+            return grads
+        traced = tf.function(lambda t, n, x, c, floats: grads(t, n, x, floats, c), jit_compile=True)
+        return lambda trainable, non_trainable, tensors, floats, given: traced(
+            trainable, non_trainable, tensors, given, tuple(floats))
+    if name == "torch":
+        import torch
+
+        def forward(trainable, non_trainable, tensors):
+            return outputs(trainable, non_trainable, tensors)
+
+        run = torch.compile(forward, fullgraph=False, dynamic=False) if compiled else forward
+
+        def grads(trainable, non_trainable, tensors, floats, given):
+            trainable = [t.detach().requires_grad_(True) for t in trainable]
+            tensors = {n: t.detach().requires_grad_(True) if n in floats else t for n, t in tensors.items()}
+            with torch.enable_grad():
+                out = run(trainable, non_trainable, tensors)
+            chosen = [(o, c) for o, c in zip(out, given, strict=True) if c is not None]
+            wrt = [tensors[n] for n in floats] + trainable
+            found = torch.autograd.grad([o for o, _ in chosen], wrt, [c for _, c in chosen], allow_unused=True)
+            found = [torch.zeros_like(x) if g is None else g for g, x in zip(found, wrt)]
+            return found[:len(floats)], found[len(floats):]
+
+        return grads
+    raise ValueError(f"no differentiation for the Keras backend {name!r}")
+
+
+def canonical_weight_gradients(instance: LayerInstance, by_variable: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The trainable variables' gradients as the canonical weights': each variable element's gradient summed
+    into the canonical element `load_canonical` put there, found once per set of shapes by loading a float64
+    copy of the layer (`instance.probe`) with each canonical element's own number (1, 2, ...; 0 is none)."""
+    key = tuple(sorted((n, tuple(s)) for n, s in instance.shapes.items()))
+    found = instance.__dict__.setdefault("_sources", {})
+    if key not in found:
+        numbers, start = {}, 1
+        for name, shape in instance.shapes.items():
+            size = int(np.prod(shape))
+            numbers[name] = np.arange(start, start + size, dtype=np.float64).reshape(shape)
+            start += size
+        with keras.device("cpu"):
+            probe = instance.probe()
+            probe.build()
+            instance.load_canonical(probe, numbers)
+            read = [np.asarray(ops.convert_to_numpy(v.value), dtype=np.float64) for v in probe.trainable_variables]
+        if [r.shape for r in read] != [g.shape for g in by_variable]:
+            raise ValueError("the float64 copy of the layer has other trainable variables than the layer")
+        for r in read:
+            if not (np.all(r == np.round(r)) and r.min(initial=0) >= 0 and r.max(initial=0) < start):
+                raise ValueError("load_canonical does more than rearrange the weights; give vjp")
+        found[key] = ([r.astype(np.int64) for r in read], start)
+    sources, total = found[key]
+    flat = np.zeros(total)
+    for where, g in zip(sources, by_variable):
+        np.add.at(flat, where.ravel(), np.asarray(g, dtype=np.float64).ravel())
+    dtype = by_variable[0].dtype if by_variable else np.float64
+    out, start = {}, 1
+    for name, shape in instance.shapes.items():
+        size = int(np.prod(shape))
+        out[name] = flat[start:start + size].reshape(shape).astype(dtype)
+        start += size
+    return out
 
 
 class KerasImplementation:
@@ -311,4 +435,5 @@ class KerasImplementation:
         raise NotImplementedError
 
     def build(self, config: Mapping[str, Any], *, dtype: str, device: str, mode: str = "eager") -> LayerInstance:
-        return LayerInstance(self.layer(config, dtype), type(self).load_canonical, device=device, mode=mode)
+        return LayerInstance(self.layer(config, dtype), type(self).load_canonical, device=device, mode=mode,
+                             probe=lambda: self.layer(config, "float64"))

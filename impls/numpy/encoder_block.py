@@ -5,7 +5,8 @@ with. The attention and the feed-forward network are the references of the
 `mha` and `ffn` components, called as they are; this file adds the layer
 norms and the residual connections, and §8's error bounds, which it carries
 beside the values when the harness asks for diagnostics (text_classifier
-composes them too). Section numbers refer to spec/encoder_block.md.
+composes them too). The backward pass (§11) composes those components'
+pullbacks in the same way. Section numbers refer to spec/encoder_block.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from impls.numpy import NumpyImplementation
 
 from impls.numpy import ffn, mha
 from impls.numpy.bounds import extreme, rounding
+from impls.numpy.carried import Carried
 
 
 def layer_norm(v: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
@@ -99,12 +101,31 @@ def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, bet
     beta."""
     if v_bound is None:
         return None
+    n, _, n_error, _ = norm_statistics(v, v_bound, epsilon)
+    return np.abs(gamma) * n_error + np.abs(n * gamma) + np.abs(n * gamma + beta)
+
+
+class NormStatistics(NamedTuple):
+    """§5.3 and §8: what a layer norm computes of its input rows before gamma and beta, with the bounds in
+    eps (None without an input bound)."""
+
+    n: np.ndarray  # (..., d_model): the normalized deviations (v - mean) / s
+    s: np.ndarray  # (..., 1): sqrt(var + epsilon)
+    n_error: np.ndarray | None  # (..., d_model): e(n), absolute
+    s_error: np.ndarray | None  # (..., 1): e(s) / s, relative
+
+
+def norm_statistics(v: np.ndarray, v_bound: np.ndarray | None, epsilon: float) -> NormStatistics:
+    """§8's layer norm over the last axis up to the normalized deviations: each step's value and bound, for
+    `norm_bound` and for the backward pass (§11.2)."""
     d_model = v.shape[-1]
     mean = v.mean(axis=-1, keepdims=True)
     deviation = v - mean  # (B, T, d_model)
     var = (deviation**2).mean(axis=-1, keepdims=True)  # (B, T, 1)
     s = np.sqrt(var + epsilon)
     n = deviation / s
+    if v_bound is None:
+        return NormStatistics(n, s, None, None)
     mean_error = rounding(d_model) * np.abs(v).mean(axis=-1, keepdims=True)
     deviation_error = ((1 - 2 / d_model) * v_bound + v_bound.mean(axis=-1, keepdims=True) + mean_error
                        + np.abs(deviation))
@@ -112,7 +133,7 @@ def norm_bound(v: np.ndarray, v_bound: np.ndarray | None, gamma: np.ndarray, bet
     s_error = 0.5 * var_error / (var + epsilon) + 2  # relative: half the variance's, the sum with epsilon, the root
     folded = (np.abs(v) + 2 * np.abs(v).mean(axis=-1, keepdims=True)) / s  # v * inv, mean * inv, beta - mean * inv
     n_error = deviation_error / s + np.abs(n) * (s_error + 1) + folded
-    return np.abs(gamma) * n_error + np.abs(n * gamma) + np.abs(n * gamma + beta)
+    return NormStatistics(n, s, n_error, s_error)
 
 
 def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
@@ -127,11 +148,98 @@ def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
                                {} if diagnostics is None else diagnostics)
 
 
+# --- §11: gradients -------------------------------------------------------------------------------------
+
+#: §3: the weights, in the order of the spec's table.
+WEIGHTS = ("W_q", "b_q", "W_k", "b_k", "W_v", "b_v", "W_o", "b_o", "W_1", "b_1", "W_2", "b_2",
+           "gamma_1", "beta_1", "gamma_2", "beta_2")
+
+
+def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             cotangents: Mapping[str, np.ndarray], eps: float | None = None) -> dict[str, Carried]:
+    """§11: the gradients of <cotangents["y"], y> + <cotangents["attention_weights"], attention_weights> with
+    respect to x and every weight, each with its bound in eps when `eps` (the dtype under test's) is given,
+    by §11.2's rules."""
+    bounds = eps is not None
+    w = {name: Carried.exact(weights[name], bounds) for name in WEIGHTS}
+    padding = inputs.get("padding_mask")
+    d_weights = cotangents.get("attention_weights")
+    return pullback(config, w, Carried.exact(inputs["x"], bounds),
+                    None if padding is None else np.asarray(padding, dtype=bool),
+                    Carried.exact(cotangents["y"], bounds),
+                    None if d_weights is None else Carried.exact(d_weights, bounds), eps)
+
+
+def pullback(config: Mapping[str, Any], weights: Mapping[str, Carried], x: Carried, padding: np.ndarray | None,
+             d_y: Carried, d_weights: Carried | None, eps: float | None) -> dict[str, Carried]:
+    """§11.1 on x and the cotangents of y (`d_y`) and of the attention weights (`d_weights`, None for none),
+    each carrying its bound (a block in a stack gets inner values that do): the gradients with respect to x
+    ("x") and the 16 weights, by name. The forward values are recomputed with §8's bounds, by the forward's
+    own functions (which take the weights as exact)."""
+    mask = None if padding is None else padding[:, None, :]  # (B, 1, T), as the forward's §6
+    w = {name: weights[name].value for name in WEIGHTS}
+    epsilon = config["epsilon"]
+
+    def attend(v: Carried) -> Carried:  # §5.1, and §8's bound of its output
+        a, _, a_bound, _ = attention_bound(config, w, v.value, v.bound, mask)
+        return Carried(a, a_bound)
+
+    def add(u: Carried, v: Carried) -> Carried:  # a residual sum, with §8's bound
+        return Carried(*residual(u.value, u.bound, v.value, v.bound))
+
+    def norm(v: Carried, i: int) -> Carried:  # §5.3, with §8's bound
+        gamma, beta = w[f"gamma_{i}"], w[f"beta_{i}"]
+        return Carried(layer_norm(v.value, gamma, beta, epsilon), norm_bound(v.value, v.bound, gamma, beta, epsilon))
+
+    def attention_back(v: Carried, d_out: Carried) -> Carried:  # §5.1 backwards: v is query, key and value
+        grads.update(mha.pullback(config, weights, v, v, v, mask, d_out, d_weights, eps))
+        return grads.pop("query") + grads.pop("key") + grads.pop("value")
+
+    def ffn_back(v: Carried, d_out: Carried) -> Carried:  # §5.2 backwards
+        grads.update(ffn.pullback(config, weights, v, d_out, eps))
+        return grads.pop("x")
+
+    def norm_back(v: Carried, d_out: Carried, i: int) -> Carried:  # §5.3 backwards
+        dv, grads[f"gamma_{i}"], grads[f"beta_{i}"] = norm_pullback(v, weights[f"gamma_{i}"], d_out, epsilon)
+        return dv
+
+    grads: dict[str, Carried] = {}
+    if config["norm"] == "post":  # §5.4 again, then backwards: y = LN_2(u_2), u_2 = h + FFN(h), ...
+        u_1 = add(x, attend(x))  # (B, T, d_model)
+        h = norm(u_1, 1)
+        u_2 = add(h, Carried(*ffn.bound(config, w, h.value, h.bound)))
+        d_u2 = norm_back(u_2, d_y, 2)
+        d_u1 = norm_back(u_1, d_u2 + ffn_back(h, d_u2), 1)  # h's two uses: the residual and the FFN
+        d_x = d_u1 + attention_back(x, d_u1)  # x's four: the residual, and query, key and value
+    else:  # §5.5 again, then backwards: y = h + FFN(LN_2(h)), h = x + MHA(LN_1(x))
+        z = norm(x, 1)  # (B, T, d_model)
+        h = add(x, attend(z))
+        d_h = d_y + norm_back(h, ffn_back(norm(h, 2), d_y), 2)
+        d_x = d_h + norm_back(x, attention_back(z, d_h), 1)
+    return {"x": d_x, **grads}
+
+
+def norm_pullback(v: Carried, gamma: Carried, d_out: Carried, epsilon: float
+                  ) -> tuple[Carried, Carried, Carried]:
+    """§11.1, §5.3 backwards over the last axis of v, given the cotangent `d_out` of LN(v): (dv, dgamma,
+    dbeta), the weights' summed over every position. n and s carry §8's bounds (`norm_statistics`), 1 / s
+    one rounding more (§11.2)."""
+    stats = norm_statistics(v.value, v.bound, epsilon)
+    n = Carried(stats.n, stats.n_error)  # (B, T, d_model)
+    inv_s = Carried(1 / stats.s, None if stats.s_error is None else (stats.s_error + 1) / stats.s)  # (B, T, 1)
+    mean = lambda c: c.sum(axis=-1, keepdims=True).scaled(1 / v.shape[-1])  # over the features: (B, T, 1)
+    g = d_out * gamma  # (B, T, d_model)
+    dv = (g - mean(g) - n * mean(g * n)) * inv_s  # the mean's dependence on v, and the variance's
+    positions = tuple(range(v.value.ndim - 1))
+    return dv, (d_out * n).sum(axis=positions), d_out.sum(axis=positions)
+
+
 class Implementation(NumpyImplementation):
     """The registered NumPy implementation (and, in float64, the reference)."""
 
     component = "encoder_block"
     forward = staticmethod(forward)
+    backward = staticmethod(backward)
 
 
 # --- conditions (the spec's `condition` table): where one rule applies --------------------------------------
