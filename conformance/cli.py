@@ -1,7 +1,8 @@
 """The `conformance` command: list, check, run, merge, compare, report.
 
-Exit 0 conformant (compare: no regression), 1 not (compare: a regression), 2 usage error
-(including a results file that cannot be read or does not follow the schema).
+Exit 0 conformant (compare: no regression), 1 not (a cell non-conformant or in error, or its gradients
+non-conformant; compare: a regression), 2 usage error (including a results file that cannot be read or does
+not follow the schema).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from conformance.engine import CellResult, cells_of
 from conformance.atomic import check_output
 from conformance.generate import parse_example
 from conformance.merge import merge_documents
-from conformance.results import format_cell, header, summary_line, write_document, write_results
+from conformance.results import format_cell, gradients_failed, header, summary_line, write_document, write_results
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, list_components, load_spec
 from conformance.workers import (CellTask, ImplRef, Interrupted, Limits, Pool, default_jobs, entry_point_refs,
@@ -223,11 +224,13 @@ def _check_axes(args: argparse.Namespace) -> None:
 
 
 def _exit_code(cells: list[CellResult]) -> int:
-    """0 when something ran and nothing failed; cells that cannot run here and known deviations are not failures."""
+    """0 when something ran and nothing failed; cells that cannot run here and known deviations are not failures.
+    Non-conformant gradients fail as a non-conformant verdict does, though the verdict is the forward one."""
     ran = [c for c in cells if Verdict(c.verdict).ran]
     if not ran:
         print("nothing ran: every cell asked for is unsupported or not available here", file=sys.stderr)
-    return 0 if ran and not any(Verdict(c.verdict).failed for c in ran) else 1
+    failed = any(Verdict(c.verdict).failed or gradients_failed(c.gradients) for c in ran)
+    return 0 if ran and not failed else 1
 
 
 def _examples(args: argparse.Namespace) -> int:

@@ -10,7 +10,12 @@ A regression is one of:
 - a property (spec/README.md, "Properties") that held and now fails, named with its new reason, whatever
   the verdict did: a cell that already failed the reference comparison can break a property too. One that
   failed and now holds is an improvement. Where the slot's verdict changed because of that property alone,
-  the property's line says it and the verdict's is not repeated.
+  the property's line says it and the verdict's is not repeated;
+- gradients (spec/README.md, "Gradients") that were conformant and now are not, or that fail in a new way
+  (another gradient, or another kind of failure), whatever the verdict did: the gradients are judged apart
+  from it. Gradients that failed and now are conformant are an improvement. A slot whose gradients were not
+  compared in one of the two (unsupported: no vjp, or a file older than conformance-results/7; not checked)
+  has no gradient change.
 
 Slots are matched by (component, implementation, backend, device, mode, dtype); a slot
 run in several environments is judged by its worst cell (`merge.representative`).
@@ -117,7 +122,36 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], *, factor: float 
         if what is not None and not _said_by_property(what[0], was, now, properties):
             result.changes.append(Change(key, *what))
         result.changes += [Change(key, *change) for change in properties.values()]
+        if (gradients := gradient_change(was, now)) is not None:
+            result.changes.append(Change(key, *gradients))
     return result
+
+
+def gradient_change(was: dict[str, Any], now: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, text) for a slot's gradients that were conformant and now fail, or fail in a new way (a
+    regression), or failed and now are conformant (an improvement); None otherwise, and where either file
+    did not compare them."""
+    before, after = was.get("gradients") or {}, now.get("gradients") or {}  # {}: the cell did not run
+    g0, g1 = before.get("verdict"), after.get("verdict")
+    where = f" ({', '.join(after['sections'])})" if after.get("sections") else ""
+    if g0 == Verdict.CONFORMANT and g1 == Verdict.NON_CONFORMANT:
+        return "regression", f"gradients{where} were conformant, now non-conformant: {after['reason']}"
+    if g0 == g1 == Verdict.NON_CONFORMANT and gradient_class(after) != gradient_class(before):
+        return "regression", (f"new kind of gradient failure{where}: {gradient_class(after)} (was "
+                              f"{gradient_class(before)}): {after['reason']}")
+    if g0 == Verdict.NON_CONFORMANT and g1 == Verdict.CONFORMANT:
+        return "improvement", "gradients were non-conformant, now conformant"
+    return None
+
+
+def gradient_class(record: dict[str, Any]) -> str:
+    """A gradient failure's kind, without its numbers: `gradient 'W_1' differs`, `vjp raised ValueError`."""
+    reason = record.get("reason") or ""
+    if m := re.match(r"gradient ('[^']*') (missing|has shape|has dtype|differs)", reason):
+        return f"gradient {m[1]} {m[2]}"
+    if m := re.match(r"vjp raised ([\w.]+)", reason):
+        return f"vjp raised {m[1]}"
+    return " ".join(re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "N", reason).split()[:6])
 
 
 def property_changes(was: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[str, str]]:

@@ -25,6 +25,14 @@ share what is left equally; an array cut short keeps a window around its worst
 element (for an output, where it differs most from the reference; for an
 input or a weight, its start), and one whose share is under MIN_WINDOW
 elements is omitted.
+
+A gradient failure (conformance/gradients.py) keeps its own arrays in the same
+format and bound (`keep_gradients`, results.schema.json `gradient_evidence`):
+the groups "cotangents" (as the candidate's vjp received them), "gradients"
+(what it gave) and "reference" (the float64 reference's gradients), the
+cotangents and the failing gradient with its reference first, then the other
+gradients. The example's weights and inputs are not kept: its `reproduce:`
+line makes them again.
 """
 
 from __future__ import annotations
@@ -48,6 +56,26 @@ MIN_WINDOW = 16
 STORED_DTYPES = (*DTYPES, "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 #: The groups, in the order the report shows them.
 GROUPS = ("inputs", "outputs", "reference", "weights")
+#: The groups of a gradient failure's evidence, in that order.
+GRADIENT_GROUPS = ("cotangents", "gradients", "reference")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which of a kind of evidence's groups plays which part: `lead`'s arrays are kept first, beside the
+    candidate's array that differs most from the reference's; `rest`'s (if any) last."""
+
+    groups: tuple[str, ...]
+    lead: str
+    candidate: str
+    reference: str
+    rest: str | None
+
+
+#: A cell's evidence: its example's inputs, outputs, reference outputs and weights.
+FORWARD = Layout(GROUPS, "inputs", "outputs", "reference", "weights")
+#: A gradient failure's evidence: the cotangents, the candidate's gradients and the reference's.
+GRADIENTS = Layout(GRADIENT_GROUPS, "cotangents", "gradients", "reference", None)
 
 
 class EvidenceError(ValueError):
@@ -105,33 +133,41 @@ def _difference(got: np.ndarray, ref: np.ndarray) -> tuple[float, tuple[int, ...
     return float(diff[worst]) / scale, tuple(int(i) for i in worst)
 
 
-def _tiers(found: dict[str, dict[str, np.ndarray]], spec: Spec) -> list[list[_Unit]]:
-    """The arrays to keep, as units in three tiers of priority."""
+def _tiers(found: dict[str, dict[str, np.ndarray]], spec: Spec, layout: Layout,
+           failing: str | None) -> list[list[_Unit]]:
+    """The arrays to keep, as units in three tiers of priority; `failing`: the candidate's array the failure
+    names, kept first whatever differs most."""
     def origin(a: np.ndarray) -> tuple[int, ...]:
         return (0,) * a.ndim
 
-    inputs = [_Unit([("inputs", k)], a.shape, origin(a)) for k, a in found["inputs"].items()]
-    weights = [_Unit([("weights", k)], a.shape, origin(a)) for k, a in found["weights"].items()]
+    candidate, reference = layout.candidate, layout.reference
+    lead = [_Unit([(layout.lead, k)], a.shape, origin(a)) for k, a in found[layout.lead].items()]
+    last = [_Unit([(layout.rest, k)], a.shape, origin(a)) for k, a in found[layout.rest].items()] \
+        if layout.rest else []
     order = {name: i for i, name in enumerate(spec.outputs)}
-    names = sorted(set(found["outputs"]) | set(found["reference"]), key=lambda n: (order.get(n, len(order)), n))
+    names = sorted(set(found[candidate]) | set(found[reference]), key=lambda n: (order.get(n, len(order)), n))
     ranked = []
     for name in names:
-        got, ref = found["outputs"].get(name), found["reference"].get(name)
+        got, ref = found[candidate].get(name), found[reference].get(name)
         if got is None or ref is None:
             only = got if got is not None else ref
-            group = "outputs" if got is not None else "reference"
-            ranked.append((0.0, _Unit([(group, name)], only.shape, origin(only))))
+            group = candidate if got is not None else reference
+            ranked.append((0.0, name, _Unit([(group, name)], only.shape, origin(only))))
             continue
         amount, centre = _difference(got, ref)
         if got.shape == ref.shape:
-            ranked.append((amount, _Unit([("outputs", name), ("reference", name)], ref.shape, centre)))
+            ranked.append((amount, name, _Unit([(candidate, name), (reference, name)], ref.shape, centre)))
         else:  # shapes differ: no shared window
-            ranked += [(amount, _Unit([("outputs", name)], got.shape, origin(got))),
-                       (amount, _Unit([("reference", name)], ref.shape, origin(ref)))]
-    top = max((amount for amount, _ in ranked), default=0.0)
-    differing = [u for amount, u in ranked if top > 0 and amount == top]
-    rest = [u for amount, u in ranked if not (top > 0 and amount == top)]
-    return [inputs + differing, rest, weights]
+            ranked += [(amount, name, _Unit([(candidate, name)], got.shape, origin(got))),
+                       (amount, name, _Unit([(reference, name)], ref.shape, origin(ref)))]
+    if failing in names:  # the one the failure names, whatever differs most
+        chosen = {failing}
+    else:
+        top = max((amount for amount, _, _ in ranked), default=0.0)
+        chosen = {name for amount, name, _ in ranked if top > 0 and amount == top}
+    differing = [u for _, name, u in ranked if name in chosen]
+    rest = [u for _, name, u in ranked if name not in chosen]
+    return [lead + differing, rest, last]
 
 
 def _share(units: list[_Unit], room: int) -> tuple[dict[int, int], int]:
@@ -204,20 +240,41 @@ def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
     """The arrays of one example in the format above, at most MAX_ELEMENTS elements; None without arrays."""
     if not arrays:
         return None
+    reference = arrays.get("reference") if isinstance(arrays.get("reference"), Mapping) else {}
+    arrays = {**arrays, "outputs": _named(arrays.get("outputs"), reference, spec)}
+    return _keep(arrays, spec, FORWARD, None)
+
+
+def keep_gradients(arrays: Mapping[str, Any] | None, spec: Spec,
+                   failing: str | None = None) -> dict[str, Any] | None:
+    """A gradient failure's arrays ("cotangents", "gradients": what the candidate's vjp gave, None where it
+    raised; "reference": the reference's gradients) in the format above, at most MAX_ELEMENTS elements, the
+    gradient named `failing` and its reference kept first; None without arrays."""
+    if not arrays:
+        return None
+    return _keep(arrays, spec, GRADIENTS, failing)
+
+
+def _why_absent(values: Any, layout: Layout) -> str:
+    """Why the candidate's group is null: it raised (None), or returned something that is not a mapping."""
+    if layout is GRADIENTS:
+        return ("the implementation's vjp raised" if values is None
+                else f"the implementation's vjp returned a {type(values).__name__}, not a mapping of gradients")
+    return ("the implementation raised" if values is None
+            else f"the implementation returned a {type(values).__name__} that does not match the reference's outputs")
+
+
+def _keep(arrays: Mapping[str, Any], spec: Spec, layout: Layout, failing: str | None) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     absent: dict[str, str] = {}
     found: dict[str, dict[str, np.ndarray]] = {}
-    reference = arrays.get("reference") if isinstance(arrays.get("reference"), Mapping) else {}
-    arrays = {**arrays, "outputs": _named(arrays.get("outputs"), reference, spec)}
-    for group in GROUPS:
+    for group in layout.groups:
         values = arrays.get(group)
         found[group] = {}
         if not isinstance(values, Mapping):
             kept[group] = None
-            if group == "outputs":
-                absent[group] = ("the implementation raised" if values is None
-                                 else f"the implementation returned a {type(values).__name__} that does not match "
-                                      "the reference's outputs")
+            if group == layout.candidate:
+                absent[group] = _why_absent(values, layout)
             continue
         kept[group] = {}
         for name, value in values.items():
@@ -229,12 +286,12 @@ def keep(arrays: Mapping[str, Any] | None, spec: Spec) -> dict[str, Any] | None:
             else:
                 found[group][str(name)] = a
     room = MAX_ELEMENTS
-    for tier in _tiers(found, spec):
+    for tier in _tiers(found, spec, layout, failing):
         given, room = _share(tier, room)
         for unit in tier:
             for group, name in unit.keys:
                 kept[group][name] = _store(found[group][name], unit, given[id(unit)] // len(unit.keys))
-    for group in GROUPS:  # in the order the arrays came
+    for group in layout.groups:  # in the order the arrays came
         if kept[group] is not None:
             source = arrays[group]
             kept[group] = {str(k): kept[group][str(k)] for k in source if str(k) in kept[group]}
@@ -292,12 +349,13 @@ def _unpack_array(entry: Mapping[str, Any]) -> Kept:
     return Kept(shape, dtype, np.frombuffer(raw, dtype_).reshape(block), start)
 
 
-def unpack(evidence: Mapping[str, Any]) -> dict[str, dict[str, Kept] | None]:
-    """A cell's evidence as arrays, group by group; EvidenceError if malformed or over MAX_ELEMENTS in all."""
+def unpack(evidence: Mapping[str, Any], groups: tuple[str, ...] = GROUPS) -> dict[str, dict[str, Kept] | None]:
+    """A cell's evidence (or with GRADIENT_GROUPS, a gradient failure's) as arrays, group by group;
+    EvidenceError if malformed or over MAX_ELEMENTS in all."""
     out: dict[str, dict[str, Kept] | None] = {}
     total = 0
     try:
-        for group in GROUPS:
+        for group in groups:
             entries = evidence.get(group)
             if entries is None:
                 out[group] = None
@@ -314,7 +372,7 @@ def unpack(evidence: Mapping[str, Any]) -> dict[str, dict[str, Kept] | None]:
 
 
 def arrays(unpacked: Mapping[str, Mapping[str, Kept] | None]) -> Iterator[tuple[str, str, Kept]]:
-    """(group, name, kept) for every array, in the order of GROUPS."""
-    for group in GROUPS:
-        for name, kept in (unpacked.get(group) or {}).items():
+    """(group, name, kept) for every array, in the order of the groups (as `unpack` gives them)."""
+    for group, entries in unpacked.items():
+        for name, kept in (entries or {}).items():
             yield group, name, kept

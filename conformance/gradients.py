@@ -8,10 +8,11 @@ instance with the same weights: cotangents are drawn for the float outputs
 it returns (standard normal, from the example's seed, rounded to the dtype),
 and each gradient is compared with the reference's as outputs are, within
 `K[dtype]` times its bound. A failure is recorded with its example and
-`reproduce:` line (whose `--example` carries `"gradients": true`) and ends
-the cell's gradient checks; the forward search goes on. The cell's gradient
-verdict is apart from its forward verdict: `unsupported` where the
-implementation gives no `vjp`.
+`reproduce:` line (whose `--example` carries `"gradients": true`) and its
+arrays (the cotangents, the candidate's gradients and the reference's, in
+conformance/evidence.py's bounded format), and ends the cell's gradient
+checks; the forward search goes on. The cell's gradient verdict is apart from
+its forward verdict: `unsupported` where the implementation gives no `vjp`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from conformance import generate, tolerances
+from conformance import evidence, generate, tolerances
 from conformance.spec import Spec
 from conformance.vocabulary import Held, Verdict, numpy_dtype
 
@@ -58,6 +59,8 @@ class GradientRecord:
     sections: list[str] = field(default_factory=list)
     counterexample: dict[str, Any] | None = None
     repro: str | None = None
+    # a failure's arrays: cotangents, the candidate's gradients, the reference's (evidence.keep_gradients)
+    evidence: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,7 @@ class GradientChecks:
         self.reference = importlib.import_module(f"impls.numpy.{self.spec.component}") if self.spec.gradients else None
         self.offered: bool | None = None  # whether the instances give vjp, once one has been seen
         self.done = False
+        self.arrays: dict[str, Any] = {}  # the example being compared: cotangents, gradients, reference
 
     def due(self, example: Mapping[str, Any]) -> bool:
         """Whether this passing example checks the gradients: a replay that asks, or one in EVERY."""
@@ -122,6 +126,7 @@ class GradientChecks:
             record.sections = [f"{self.spec.component} §{s}" for s in e.sections]
             record.counterexample = {**example, REPLAY_KEY: True}
             record.repro = repro
+            record.evidence = evidence.keep_gradients(self.arrays, self.spec, e.gradient or None)
 
     def _compare(self, example: Mapping[str, Any], vjp: Any, last: Mapping[str, Any]) -> None:
         runner, spec, dtype = self.runner, self.spec, self.runner.dtype
@@ -133,12 +138,15 @@ class GradientChecks:
         everything = {n: np.zeros(np.shape(outputs[n])) for n in spec.outputs if spec.outputs[n].dtype == "float"}
         reference = self.reference.backward(config, as64(weights), as64(inputs), {**everything, **as64(cotangents)},
                                             eps=tolerances.EPS[dtype])
+        self.arrays = {"cotangents": cotangents, "gradients": None,
+                       "reference": {name: want.value for name, want in reference.items()}}
         try:
             # one per output the implementation returns, in its order; None for an integer output
             got = vjp({k: None if v is None else v.copy() for k, v in inputs.items()},
                       {n: cotangents[n].copy() if n in cotangents else None for n in runner.outputs})
         except Exception as e:
             raise GradientFailure(f"vjp raised {type(e).__name__}: {e}", (), "") from None
+        self.arrays["gradients"] = got
         tiny = tolerances.dtype_constants(dtype)["tiny"] / tolerances.EPS[dtype]
         worst = 0.0
         for name, want in reference.items():

@@ -18,8 +18,14 @@ a .npz of them and for attention components the attention weights of the
 implementation beside the reference's (report_arrays.py), and the spec's
 properties: those that held on one line (a report of thousands of cells has
 thousands of such lines), each other a row, a failure with its reason and the
-command that replays it. CSS and the one small script are inline and graphics
-are inline SVG, so the file opens from disk with nothing fetched.
+command that replays it. The gradients, judged apart from the verdict, are a
+marker under the matrix cell and a line in the slot's section (its largest
+error / budget), or for a failure a row per gradient with its largest error /
+budget, the reason, the example, the command that replays it, and a .npz of
+the cotangents and of the implementation's and the reference's gradients; a
+slot whose gradients failed needs attention whatever its verdict. CSS and the
+one small script are inline and graphics are inline SVG, so the file opens
+from disk with nothing fetched.
 
 Everything is read and rendered before anything is written; then the .npz
 files (npz/ beside the page) and the page are each written atomically.
@@ -44,11 +50,13 @@ from conformance import __version__
 from conformance.atomic import atomic_write
 from conformance.compare import Change, Comparison, compare, failed_property
 from conformance.engine import repro_command
-from conformance.evidence import EvidenceError, unpack
+from conformance.evidence import GRADIENT_GROUPS, EvidenceError, unpack
 from conformance.merge import by_slot, merge_documents, representative
-from conformance.report_arrays import attention, npz_bytes
+from conformance.report_arrays import attention, gradient_npz_bytes, npz_bytes
 from conformance.report_figures import scatter_plot
-from conformance.report_matrix import axis_order, cell_text, format_ratio, impl_order, slot_order, tables, walk
+from conformance.report_matrix import (GRADIENT_MARKS, axis_order, cell_text, format_ratio, gradient_mark,
+                                       impl_order, slot_order, tables, walk)
+from conformance.results import failed_gradient, gradients_failed
 from conformance.schema import load_results
 from conformance.spec import Spec, SpecError, find_spec_dir, load_spec
 from conformance.vocabulary import DEVICES, DTYPES, Held, impl_label, MODES, Slot, Verdict
@@ -68,10 +76,12 @@ def near(cell: dict[str, Any]) -> bool:
     return cell["verdict"] == Verdict.CONFORMANT and (cell["max_ratio"] or 0) > 0.5
 
 
-#: What needs attention, in the order the page shows it: (id, heading, which slots).
+#: What needs attention, in the order the page shows it: (id, heading, which slots). A slot is shown in the
+#: first group it belongs to.
 ATTENTION_GROUPS = (
     ("non-conformant", "Non-conformant", lambda c: c["verdict"] == Verdict.NON_CONFORMANT),
     ("error", "Errors", lambda c: c["verdict"] == Verdict.ERROR),
+    ("gradients", "Non-conformant gradients", lambda c: gradients_failed(c["gradients"])),
     ("known-deviation", "Known deviations", lambda c: c["verdict"] == Verdict.KNOWN_DEVIATION),
     ("near", "Conformant, over half the budget", near),
 )
@@ -212,7 +222,7 @@ class _Builder:
         attention_ = []
         shown: set[Slot] = set()
         for ident, title, which in ATTENTION_GROUPS:
-            keys = [k for k in ran if which(self.slots[k])]
+            keys = [k for k in ran if which(self.slots[k]) and k not in shown]
             shown.update(keys)
             if keys:
                 attention_.append({"id": ident, "title": title, "details": [self._slot(k) for k in keys]})
@@ -224,9 +234,11 @@ class _Builder:
             "baseline": baseline,
             "totals": {v: sum(c["verdict"] == v for c in self.slots.values()) for v in Verdict},
             "near_count": sum(near(c) for c in self.slots.values()),
+            "gradient_failures": sum(gradients_failed(self.slots[k]["gradients"]) for k in ran),
             "cell_count": len(self.doc["cells"]),
             "attention": attention_,
             "tables": matrix,
+            "gradient_marks": [(cls, mark, str(verdict)) for verdict, (cls, mark) in GRADIENT_MARKS.items()],
             "spec_outputs": {t.component: self.spec_outputs(t.component) for t in matrix},
             "all_groups": [g for t in matrix for top in t.groups for g in walk(top)],
             "details": [self._slot(k) for k in ran if k not in shown],
@@ -244,10 +256,13 @@ class _Builder:
         v = cell["verdict"]
         change = self.changes.get(key)
         title = f"{key.label}: {v}" + (f": {cell['reason']}" if cell["reason"] else "")
+        mark = gradient_mark(cell)
+        if mark is not None and cell["gradients"]["verdict"] != Verdict.CONFORMANT:  # conformant: the legend says
+            title += f"\ngradients {cell['gradients']['verdict']}: {cell['gradients']['reason']}"
         if change is not None:
             title += f"\n{change.kind}: {change.what}"
         return {"id": self.anchor[key], "verdict": v, "text": cell_text(cell), "title": title, "near": near(cell),
-                "change": change.kind if change else None}
+                "change": change.kind if change else None, "gradients": mark}
 
     # --- slots that did not run --------------------------------------------------------------
 
@@ -304,6 +319,8 @@ class _Builder:
         others = [{"env": c["env"], "verdict": c["verdict"], "ratio": c["max_ratio"], "reason": c["reason"]}
                   for c in self.groups_of[key] if c is not cell]
         reason = (cell["reason"] or "").strip().splitlines()
+        if not reason and gradients_failed(cell["gradients"]):  # the forward comparison passed: the gradients' news
+            reason = [f"gradients: {cell['gradients']['reason']}"]
         short = reason[0] if reason else ""
         return {
             "id": ident, "label": key.label, "key": key, "cell": cell, "verdict": cell["verdict"],
@@ -314,8 +331,47 @@ class _Builder:
             "example": example, "which": which, "repro": repro,
             **self._arrays(key, cell, example, which),
             "properties": self._properties(cell),
+            "gradients": self._gradients(key, cell),
             "change": self.changes.get(key),
         }
+
+    def _gradients(self, key: Slot, cell: dict[str, Any]) -> dict[str, Any] | None:
+        """The slot's gradients: None where unsupported (or the cell did not run); else their verdict, the
+        examples compared, the largest error / budget and of which gradient, and for a failure a row per
+        gradient, the failure's spec sections, example, command and .npz."""
+        record = cell.get("gradients") or {}
+        verdict = record.get("verdict")
+        if verdict in (None, Verdict.UNSUPPORTED):
+            return None
+        ratios = record["ratio"]
+        worst = max(ratios, key=lambda n: ratios[n], default=None) if record["max_ratio"] is not None else None
+        found = {"verdict": verdict, "examples": record["examples"], "ratio": record["max_ratio"], "worst": worst,
+                 "reason": record["reason"], "rows": [], "sections": [], "example": None, "repro": None,
+                 "npz": None, "arrays_note": None}
+        if verdict != Verdict.NON_CONFORMANT:
+            return found
+        failing = failed_gradient(record)
+        names = dict.fromkeys([*record["max_error"], *([failing] if failing else [])])
+        found.update(
+            rows=[{"name": n, "max": record["max_error"].get(n), "ratio": ratios.get(n), "failed": n == failing}
+                  for n in names],
+            sections=self.section_links(record["sections"]), example=record["counterexample"],
+            repro=record["repro"], **self._gradient_arrays(key, cell))
+        return found
+
+    def _gradient_arrays(self, key: Slot, cell: dict[str, Any]) -> dict[str, Any]:
+        """The .npz of a gradient failure's arrays, or one line on why there is none."""
+        kept = cell["gradients"].get("evidence")
+        if kept is None:
+            return {"npz": None, "arrays_note": "The results keep no arrays of this example; the command above "
+                                                "recreates them."}
+        try:
+            unpacked = unpack(kept, GRADIENT_GROUPS)
+        except EvidenceError as e:
+            return {"npz": None, "arrays_note": f"The arrays kept in the results cannot be shown: {e}."}
+        name = f"{self.anchor[key]}-gradients.npz"
+        self.npz[name] = gradient_npz_bytes(cell, unpacked)
+        return {"npz": f"npz/{name}", "arrays_note": None}
 
     def _properties(self, cell: dict[str, Any]) -> dict[str, Any]:
         """The slot's properties: those that held and those no example was left to check, each kind on one

@@ -15,13 +15,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from conformance.evidence import GROUPS, Kept, arrays, difference
+from conformance.evidence import Kept, arrays, difference
 from conformance.report_figures import Heatmap, heatmap
 
 #: The output the heatmaps show, in the components that have one.
 ATTENTION = "attention_weights"
 #: Prefix of each group's arrays in the .npz.
 PREFIX = {"inputs": "input", "outputs": "output", "reference": "reference", "weights": "weight"}
+#: The same, in the .npz of a gradient failure (conformance/evidence.py, GRADIENT_GROUPS).
+GRADIENT_PREFIX = {"cotangents": "cotangent", "gradients": "gradient", "reference": "reference_gradient"}
 #: A heatmap shows at most this many rows and columns, around where the candidate differs most.
 HEATMAP_SIDE = 32
 
@@ -37,11 +39,32 @@ def npz_bytes(cell: Mapping[str, Any], unpacked: Mapping[str, Mapping[str, Kept]
     `windows` giving where it starts and the whole shape; one not kept is listed
     in `omitted` with the reason.
     """
+    note = (f"input.* and weight.* are the arrays the implementation received, in {cell['dtype']}, and "
+            "output.* what it returned; reference.* are the float64 NumPy reference's outputs on the same "
+            "inputs. Floating-point values are stored as float64, exactly.")
+    return _npz(cell, unpacked, PREFIX, f"the {which} of this cell", example, cell["evidence"] or {}, note)
+
+
+def gradient_npz_bytes(cell: Mapping[str, Any], unpacked: Mapping[str, Mapping[str, Kept] | None]) -> bytes:
+    """A gradient failure's kept arrays (the cell's `gradients`' evidence) as a compressed .npz, as
+    `npz_bytes` stores them: `cotangent.<output>`, `gradient.<name>` (the implementation's vjp's),
+    `reference_gradient.<name>`, and `meta`, its example the gradient failure's counterexample."""
+    record = cell["gradients"]
+    note = (f"cotangent.* are the cotangents of the outputs the implementation's vjp received, in {cell['dtype']}, "
+            "and gradient.* the gradients it gave; reference_gradient.* are the float64 NumPy reference's backward "
+            "pass on the same weights, inputs and cotangents (the reproduce command makes the weights and inputs "
+            "again). Floating-point values are stored as float64, exactly.")
+    return _npz(cell, unpacked, GRADIENT_PREFIX, "the example on which the gradients failed, in this cell",
+                record["counterexample"], record["evidence"] or {}, note)
+
+
+def _npz(cell: Mapping[str, Any], unpacked: Mapping[str, Mapping[str, Kept] | None], prefix: Mapping[str, str],
+         what: str, example: Mapping[str, Any] | None, evidence: Mapping[str, Any], note: str) -> bytes:
     out: dict[str, np.ndarray] = {}
     windows: dict[str, Any] = {}
     omitted: dict[str, str] = {}
     for group, name, kept in arrays(unpacked):
-        key = f"{PREFIX[group]}.{name}"
+        key = f"{prefix[group]}.{name}"
         if kept.values is None:
             omitted[key] = kept.omitted or "not kept"
             continue
@@ -50,15 +73,13 @@ def npz_bytes(cell: Mapping[str, Any], unpacked: Mapping[str, Mapping[str, Kept]
         if kept.start is not None:
             windows[key] = {"start": list(kept.start), "shape": list(kept.shape)}
     meta = {
-        "what": f"the {which} of this cell",
+        "what": what,
         "cell": {k: cell[k] for k in ("component", "implementation", "backend", "device", "mode", "dtype")},
         "example": None if example is None else dict(example),
         "windows": windows,
         "omitted": omitted,
-        "absent": {g: why for g, why in ((cell["evidence"] or {}).get("absent") or {}).items() if g in GROUPS},
-        "note": (f"input.* and weight.* are the arrays the implementation received, in {cell['dtype']}, and "
-                 "output.* what it returned; reference.* are the float64 NumPy reference's outputs on the same "
-                 "inputs. Floating-point values are stored as float64, exactly."),
+        "absent": {g: why for g, why in (evidence.get("absent") or {}).items() if g in prefix},
+        "note": note,
     }
     buffer = io.BytesIO()
     np.savez_compressed(buffer, meta=np.array(json.dumps(meta)), **out)

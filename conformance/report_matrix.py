@@ -9,6 +9,10 @@ is hidden by CSS; folding (the page's small script adds the class
 `x-<group id>` to the table) hides the cells marked `in-<id>` and shows those
 marked `sum-<id>`, and the script sets the group headings' colspans to what is
 left visible. Without the script the matrix shows unfolded.
+
+A cell whose gradients were checked marks them below its own text (`GRADIENT_MARKS`): a class on the cell,
+whose text the page's CSS adds (a few bytes in each of thousands of cells), explained by the legend; the
+link's tooltip says it in words where they failed or were not checked.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from itertools import count
 from typing import Any, Callable, Iterator, Sequence
 
 from conformance.merge import representative
-from conformance.vocabulary import DEVICES, DTYPES, impl_label, MODES, Slot, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, Held, impl_label, MODES, Slot, Verdict
 
 _FRAMEWORK_ORDER = {"numpy": 0, "torch": 1, "keras": 2}
 #: What a matrix cell shows when its verdict is not conformant (a conformant one shows its err/budget).
 SHORT = {Verdict.KNOWN_DEVIATION: "kd", Verdict.NON_CONFORMANT: "\u2717", Verdict.ERROR: "err",
          Verdict.UNSUPPORTED: "\u2013", Verdict.NOT_AVAILABLE: "n/a"}
+#: How a matrix cell marks its gradients (conformance/gradients.py) below its text: (CSS class, the text it
+#: adds); no mark where they are unsupported (no vjp, or results older than conformance-results/7).
+GRADIENT_MARKS = {Verdict.CONFORMANT: ("g", "\u2207"), Verdict.NON_CONFORMANT: ("gx", "\u2207\u2717"),
+                  Held.NOT_CHECKED: ("gq", "\u2207?")}
 #: The levels of column groups; below the last, a column per dtype.
 LEVELS = ("device", "mode")
 
@@ -70,6 +78,13 @@ def format_ratio(r: float | None) -> str:
 
 def cell_text(cell: dict[str, Any]) -> str:
     return format_ratio(cell["max_ratio"]) if cell["verdict"] == Verdict.CONFORMANT else SHORT[cell["verdict"]]
+
+
+def gradient_mark(cell: dict[str, Any]) -> str | None:
+    """The class that marks a cell's gradients (`GRADIENT_MARKS`); None where there is none to show, and for
+    a cell that did not run."""
+    mark = GRADIENT_MARKS.get((cell.get("gradients") or {}).get("verdict"))
+    return mark[0] if mark and Verdict(cell["verdict"]).ran else None
 
 
 def impl_order(impl: Impl) -> tuple[int, str, str]:
@@ -157,9 +172,13 @@ def tables(slots: dict[Slot, dict[str, Any]], leaf: Callable[[Slot], dict[str, A
 
 
 def _summary(g: Group, present: list[dict[str, Any]]) -> dict[str, Any]:
-    """A folded group's cell in one row: its worst cell, and a count of verdicts as the tooltip."""
+    """A folded group's cell in one row: its worst cell, and a count of verdicts as the tooltip; the marker of
+    non-conformant gradients where a cell under it has them."""
     if not present:
-        return {"verdict": "none", "text": "", "title": "no cells"}
+        return {"verdict": "none", "text": "", "title": "no cells", "gradients": None}
     worst = representative(present)
     counts = ", ".join(f"{n} {v}" for v in Verdict if (n := sum(c["verdict"] == v for c in present)))
-    return {"verdict": worst["verdict"], "text": cell_text(worst), "title": f"{g.label}: {counts}"}
+    failed = sum(gradient_mark(c) == GRADIENT_MARKS[Verdict.NON_CONFORMANT][0] for c in present)
+    title = f"{g.label}: {counts}" + (f"; {failed} with non-conformant gradients" if failed else "")
+    return {"verdict": worst["verdict"], "text": cell_text(worst), "title": title,
+            "gradients": GRADIENT_MARKS[Verdict.NON_CONFORMANT][0] if failed else None}

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -23,8 +24,10 @@ from conformance.vocabulary import impl_label, Verdict
 #: failed on (or a known deviation first deviated on), at most 4096 elements,
 #: from which the report draws and writes its .npz files (conformance/evidence.py);
 #: /5 each cell's `first_failure`, the examples run up to the first that failed;
-#: /6 each cell's `properties`: what each of the spec's properties came to (conformance/properties.py).
-SCHEMA = "conformance-results/6"
+#: /6 each cell's `properties`: what each of the spec's properties came to (conformance/properties.py);
+#: /7 each cell's `gradients`: what its vjp came to against the reference's backward pass, judged apart
+#: from its verdict, with a failure's example, command and arrays (conformance/gradients.py).
+SCHEMA = "conformance-results/7"
 _PACKAGES = ("numpy", "ml_dtypes", "hypothesis", "torch", "keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib")
 
 
@@ -91,14 +94,17 @@ def _finite(value: Any) -> Any:
 
 
 def format_cell(c: CellResult, width: int = 24) -> str:
-    """One line per cell (more when it fails); `width` is the implementation column's."""
+    """One line per cell (more when it fails); `width` is the implementation column's. The gradients, where
+    they were checked, end the first line; their failure adds its own lines after the cell's."""
     impl = impl_label(c.implementation, c.backend)
     ratio = "-" if c.max_ratio is None else f"{c.max_ratio:.3g}"
     time = f"{c.seconds:>7.1f}s" + (f" (compile {c.compile_seconds:.1f}s)" if c.compile_seconds else "")
     head = (f"{c.component:<15} {impl:<{width}} {c.device:<5} {c.mode:<8} {c.dtype:<8} {c.verdict:<14} "
             f"{c.examples:>5} {ratio:>9} {time}")
+    clause, failure = _gradients(c.gradients)
+    head += clause
     if c.verdict in (Verdict.CONFORMANT, Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE):  # the reason of the latter two is in the file
-        return head
+        return "\n".join([head, *failure])
     lines = [head, f"    {c.reason}"]
     if c.sections:
         lines.append(f"    spec: {', '.join(c.sections)}")
@@ -108,7 +114,43 @@ def format_cell(c: CellResult, width: int = 24) -> str:
         lines.append(f"    {what}: {json.dumps(c.counterexample)}")
     if c.repro:
         lines.append(f"    reproduce: {c.repro}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *failure])
+
+
+def gradient_verdict(gradients: dict[str, Any]) -> str | None:
+    """A cell's gradient verdict (conformance/gradients.py); None where the cell did not run."""
+    return gradients.get("verdict") if gradients else None
+
+
+def gradients_failed(gradients: dict[str, Any]) -> bool:
+    """Whether a cell's gradients are non-conformant: a failure, as a non-conformant verdict is."""
+    return gradient_verdict(gradients) == Verdict.NON_CONFORMANT
+
+
+def failed_gradient(gradients: dict[str, Any]) -> str | None:
+    """The name of the gradient a failure names (`gradient 'W_1' differs ...`); None where none failed, and
+    where the failure names none (a vjp that raised)."""
+    named = re.match(r"gradient '([^']*)'", gradients.get("reason") or "") if gradients_failed(gradients) else None
+    return named[1] if named else None
+
+
+def _gradients(gradients: dict[str, Any]) -> tuple[str, list[str]]:
+    """The end of a cell's first line where its gradients were checked (`  gradients: conformant 0.0531`, the
+    largest error / budget; `  gradients: non-conformant (W_1)`, the gradient that failed), and a failure's
+    lines: its reason, spec sections and command."""
+    verdict = gradient_verdict(gradients)
+    if verdict == Verdict.CONFORMANT:
+        ratio = gradients.get("max_ratio")
+        return f"  gradients: conformant {'-' if ratio is None else f'{ratio:.3g}'}", []
+    if verdict != Verdict.NON_CONFORMANT:  # unsupported or not checked: the file says why
+        return "", []
+    named = failed_gradient(gradients)
+    lines = [f"    gradients: {gradients.get('reason')}"]
+    if gradients.get("sections"):
+        lines.append(f"    gradients spec: {', '.join(gradients['sections'])}")
+    if gradients.get("repro"):
+        lines.append(f"    reproduce the gradients: {gradients['repro']}")
+    return f"  gradients: non-conformant{f' ({named})' if named else ''}", lines
 
 
 def header(width: int = 24) -> str:
@@ -119,4 +161,6 @@ def header(width: int = 24) -> str:
 
 def summary_line(cells: list[CellResult]) -> str:
     counts = {v: sum(c.verdict == v for c in cells) for v in Verdict}
-    return ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"
+    line = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no cells"
+    failed = sum(gradients_failed(c.gradients) for c in cells)
+    return line + (f"; {failed} with non-conformant gradients" if failed else "")

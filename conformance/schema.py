@@ -15,17 +15,22 @@ from typing import Any
 import jsonschema
 
 from conformance.results import SCHEMA
-from conformance.vocabulary import UsageError
+from conformance.vocabulary import UsageError, Verdict
 
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")
 #: Versions this code reads; older ones are upgraded in memory to SCHEMA, one version at a time.
 READABLE = ("conformance-results/2", "conformance-results/3", "conformance-results/4", "conformance-results/5",
-            SCHEMA)
+            "conformance-results/6", SCHEMA)
 #: Cell fields that hold a number, or "inf"/"-inf"/"nan" for a non-finite one.
 _REAL_FIELDS = ("max_ratio", "p99_ratio")
 _PER_OUTPUT_FIELDS = ("max_error", "p99_error", "budget", "output_ratio")
 #: The same, in each of a cell's property records.
 _PROPERTY_REAL_FIELDS = ("max_ratio", "spread")
+#: The same, in a cell's gradient record: one number, and per gradient.
+_GRADIENT_REAL_FIELDS = ("max_ratio",)
+_PER_GRADIENT_FIELDS = ("max_error", "ratio")
+#: Why the cells of a file older than conformance-results/7 read as having unsupported gradients.
+GRADIENTS_NOT_RECORDED = "recorded before gradients were checked (conformance-results/6 or older)"
 
 
 class ResultsFileError(UsageError):
@@ -91,6 +96,8 @@ def load_results(path: Path | str) -> dict[str, Any]:
         data = _upgrade_4(data)
     if data["schema"] == "conformance-results/5":
         data = _upgrade_5(data)
+    if data["schema"] == "conformance-results/6":
+        data = _upgrade_6(data)
     found = problems(data)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -129,11 +136,29 @@ def _upgrade_4(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _upgrade_5(data: dict[str, Any]) -> dict[str, Any]:
-    """A conformance-results/5 file in the shape of SCHEMA: its cells recorded no properties (`properties`
+    """A conformance-results/5 file in the shape of /6: its cells recorded no properties (`properties`
     empty, as for a component whose spec has none; those a development version wrote under /5 are kept)."""
     cells = data.get("cells")
     if isinstance(cells, list):
         cells = [{"properties": {}, **c} if isinstance(c, dict) else c for c in cells]
+    return {**data, "schema": "conformance-results/6", "cells": cells}
+
+
+def _upgrade_6(data: dict[str, Any]) -> dict[str, Any]:
+    """A conformance-results/6 file in the shape of SCHEMA: its cells checked no gradients (`gradients`
+    unsupported, saying so). Those a development version wrote under /6 are kept, with no arrays."""
+    def upgrade(cell: dict[str, Any]) -> dict[str, Any]:
+        record = cell.get("gradients")
+        if not isinstance(record, dict):
+            return {**cell, "gradients": {
+                "verdict": Verdict.UNSUPPORTED.value, "examples": 0, "max_error": {}, "ratio": {}, "max_ratio": None,
+                "reason": GRADIENTS_NOT_RECORDED, "sections": [], "counterexample": None, "repro": None,
+                "evidence": None}}
+        return {**cell, "gradients": {**record, "evidence": None} if record else record}
+
+    cells = data.get("cells")
+    if isinstance(cells, list):
+        cells = [upgrade(c) if isinstance(c, dict) else c for c in cells]
     return {**data, "schema": SCHEMA, "cells": cells}
 
 
@@ -150,4 +175,9 @@ def _decode_reals(data: dict[str, Any]) -> dict[str, Any]:
         for record in cell["properties"].values():
             for name in _PROPERTY_REAL_FIELDS:
                 record[name] = real(record[name])
+        if gradients := cell["gradients"]:
+            for name in _GRADIENT_REAL_FIELDS:
+                gradients[name] = real(gradients[name])
+            for name in _PER_GRADIENT_FIELDS:
+                gradients[name] = {k: real(v) for k, v in gradients[name].items()}
     return data

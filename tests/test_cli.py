@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,28 @@ def test_check_exit_codes(root, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "non-conformant" in out and "reproduce: conformance check mha --impl tests/wrong_mha.py:InvertedMask" in out
     assert "minimal example:" in out
+
+
+def test_a_gradient_failure_fails_the_check_and_its_command_replays_it(root, monkeypatch, capsys):
+    """The verdict stays the forward one; the gradients, judged apart, fail the check all the same."""
+    monkeypatch.chdir(root)
+    plugin = "tests/wrong_gradients.py:ScaledW1Gradient"
+    cell = ["--dtype", "float32", "--device", "cpu", "--mode", "eager"]
+    assert main(["check", "ffn", "--impl", plugin, *cell, "--examples", "10"]) == 1
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("ffn "))
+    assert " conformant " in head and head.split("  gradients: ")[1].startswith("non-conformant (W_1)")
+    assert "    gradients: gradient 'W_1' differs from the reference by" in out
+    replay = re.search(r"^    reproduce the gradients: (conformance check ffn .*)$", out, re.M)[1]
+    assert f"--impl {plugin} --dtype float32" in replay and '"gradients":true' in replay
+    assert "1 conformant; 1 with non-conformant gradients" in out
+    # the command replays that one example, and fails again
+    example = re.search(r"--example '(.*)'$", replay)[1]
+    assert main(["check", "ffn", "--impl", plugin, *cell, "--example", example]) == 1
+    assert "gradients: non-conformant (W_1)" in capsys.readouterr().out
+    # the right gradients pass, and say so beside the verdict
+    assert main(["check", "ffn", "--impl", "numpy", *cell, "--examples", "10"]) == 0
+    assert re.search(r" conformant .*  gradients: conformant \d", capsys.readouterr().out)
 
 
 def test_plugin_by_module_path(root, monkeypatch, capsys):

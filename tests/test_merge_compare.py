@@ -11,6 +11,7 @@ from conformance.vocabulary import Property, Slot
 from conformance.schema import load_results
 
 from results_sample import break_property, find, read, save, write
+from wrong_gradients import scaled_w1_json
 
 IDENTITY = ("component", "implementation", "backend", "device", "mode", "dtype", "verdict", "max_ratio", "reason")
 
@@ -171,6 +172,59 @@ def test_properties_not_in_the_baseline_are_not_compared(tmp_path):
     result = compare(load_results(save(tmp_path / "old.json", old)), load_results(save(tmp_path / "c.json", data)))
     [regression] = result.regressions
     assert regression.what.startswith("was conformant, now non-conformant: property statelessness")
+
+
+def _break_gradients(cell: dict) -> dict:
+    """A cell as a results file holds it (changed in place, and returned) whose gradients failed as
+    ScaledW1Gradient's really do: its verdict, the forward one, unchanged."""
+    cell["gradients"] = scaled_w1_json()["gradients"]
+    return cell
+
+
+def test_compare_catches_gradients_that_were_conformant_and_now_fail(tmp_path, capsys):
+    """The verdict stays conformant; the gradients regress all the same, with their reason and sections."""
+    base = write(tmp_path / "base.json")
+    data = read(base)
+    assert find(data, component="ffn")["gradients"]["verdict"] == "conformant"
+    gradients = _break_gradients(find(data, component="ffn"))["gradients"]
+    current = save(tmp_path / "current.json", data)
+    assert main(["compare", str(base), str(current)]) == 1
+    out = capsys.readouterr().out
+    sections = ", ".join(gradients["sections"])
+    assert (f"REGRESSION  ffn numpy cpu eager float32: gradients ({sections}) were conformant, now non-conformant: "
+            "gradient 'W_1' differs from the reference by") in out
+    assert "1 regression(s)" in out and "was conformant" not in out
+    # the other way round it is an improvement
+    assert main(["compare", str(current), str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "improvement ffn numpy cpu eager float32: gradients were non-conformant, now conformant" in out
+    assert "0 regression(s), 1 improvement(s)" in out
+
+
+def test_compare_catches_a_new_kind_of_gradient_failure(tmp_path):
+    data = read(write(tmp_path / "base.json"))
+    _break_gradients(find(data, component="ffn"))
+    base = save(tmp_path / "base.json", data)
+    find(data, component="ffn")["gradients"]["reason"] = "gradient 'x' missing; vjp gave ['W_1', 'W_2']"
+    result = compare(load_results(base), load_results(save(tmp_path / "current.json", data)))
+    [regression] = result.regressions
+    assert "new kind of gradient failure" in regression.what
+    assert "gradient 'x' missing (was gradient 'W_1' differs)" in regression.what
+
+
+def test_gradients_not_checked_in_the_baseline_are_not_compared(tmp_path, capsys):
+    """A baseline older than conformance-results/7 checked none: no false regression, and no improvement in
+    every slot either, whatever the gradients now came to."""
+    data = read(write(tmp_path / "base.json"))
+    old = save(tmp_path / "old.json", {**data, "schema": "conformance-results/6",
+                                       "cells": [{k: v for k, v in c.items() if k != "gradients"}
+                                                 for c in data["cells"]]})
+    current = write(tmp_path / "current.json")
+    assert main(["compare", str(old), str(current)]) == 0
+    assert "0 regression(s), 0 improvement(s)" in capsys.readouterr().out
+    _break_gradients(find(data, component="ffn"))
+    result = compare(load_results(old), load_results(save(tmp_path / "broken.json", data)))
+    assert result.changes == []
 
 
 def test_reason_classes_ignore_numbers_and_places():

@@ -22,6 +22,7 @@ from conformance.spec import load_spec
 from conformance.vocabulary import Property
 
 from results_sample import WRONG, break_property, find, read, save, write
+from wrong_gradients import SCALED_W1, scaled_w1_json
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 WRONG_NAME = WRONG
@@ -239,6 +240,77 @@ def test_a_failed_property_shows_its_name_reason_and_repro(report):
     assert len(repros) == 2 and "batch_independence" in repros[1] and "batch_independence" not in repros[0]
     assert re.search(r"Properties not checked \(the cell ended before an example did\): \w+\.", section)
     assert "not reached: the example does not reach it (4 examples)" in section
+
+
+def test_a_gradient_failure_needs_attention_and_shows_its_gradients_reason_repro_and_npz(report):
+    """A cell whose verdict is conformant and whose gradients failed: marked in the matrix (text, with the
+    reason in the tooltip), listed under what needs attention, and its section has a row per gradient, the
+    reason, the example, the command that replays it and a .npz of the cotangents and both gradients."""
+    def add(data):
+        data["cells"].append(scaled_w1_json())
+        return data
+
+    html, page, site = report(add)
+    cell = scaled_w1_json()
+    gradients = cell["gradients"]
+    ident = next(i for i in page.ids if i.endswith("ScaledW1Gradient--cpu--eager--float32"))
+    # the matrix: the cell keeps its verdict and marks its gradients; the legend says what the mark means
+    marked = [a for t, a in page.tags if t == "td" and "gx" in a.get("class", "").split()]
+    [td] = [a for a in marked if "sum" not in a["class"]]
+    assert "v-conformant" in td["class"]
+    folded = [a for a in marked if "sum" in a["class"]]  # the device's and the mode's column, when folded
+    assert len(folded) == 2 and all("1 with non-conformant gradients" in a["title"] for a in folded)
+    [link] = [a for t, a in page.tags if t == "a" and a.get("href") == f"#{ident}"]
+    assert "gradients non-conformant: gradient 'W_1' differs" in link["title"]
+    assert '<b class="gx">\u2207\u2717</b> non-conformant' in html and 'content: "\u2207\u2717"' in html
+    # what needs attention: its own group, the reason in the summary line
+    heading = re.search(r'<h3 class="group" id="attention-gradients">Non-conformant gradients \((\d+)\)', html)
+    assert heading and heading[1] == "1"
+    assert re.search(r'<div class="total v-non-conformant gradients"><b>1</b><a href="#attention-gradients">', html)
+    totals = dict(re.findall(r'<div class="total v-([\w-]+)"><b>(\d+)</b>', html))
+    assert totals["conformant"] == "4" and totals["non-conformant"] == "1"  # the verdicts stay the forward ones
+    attention = html[html.index('id="attention-gradients"'):html.index('id="matrix"')]
+    assert f'id="{ident}"' in attention and "gradients: gradient &#39;W_1&#39; differs" in attention
+    section = _section(html, ident)
+    assert 'badge v-conformant">conformant' in section and 'badge v-non-conformant">gradients non-conformant' in section
+    table = section[section.index("<th>gradient</th>"):]
+    rows = dict(re.findall(r"<tr><td><code>(\w+)</code></td>(.*?)</tr>", table[:table.index("</table>")], re.S))
+    assert set(rows) == {"x", "W_1", "b_1", "W_2", "b_2"}
+    assert [name for name, row in rows.items() if "<b>failed</b>" in row] == ["W_1"]
+    assert "gradient 'W_1' differs from the reference by" in section
+    assert re.search(r"Spec sections of the gradients' failure:\s*<a href=\"[^\"]+ffn.md#11", section)
+    repro = re.search(r"Reproduce the gradients' failure:</p>\s*<pre>([^<]*)</pre>", section)[1]
+    assert repro == gradients["repro"] and f"--impl {SCALED_W1}" in repro and '"gradients":true' in repro
+    # the .npz: the cotangents, the implementation's gradients and the reference's, from the results
+    npz = f"npz/{ident}-gradients.npz"
+    assert f'href="{npz}"' in section
+    with np.load(site / npz, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        assert meta["example"] == gradients["counterexample"] and meta["cell"]["dtype"] == "float32"
+        assert {"cotangent.y", "gradient.W_1", "reference_gradient.W_1", "gradient.x"} <= set(z.files)
+        scale = np.abs(z["reference_gradient.W_1"]).max()
+        np.testing.assert_allclose(z["gradient.W_1"], 1.01 * z["reference_gradient.W_1"], atol=1e-4 * scale)
+        assert np.abs(z["gradient.W_1"] - z["reference_gradient.W_1"]).max() > 0.005 * scale
+
+
+def test_conformant_gradients_take_a_few_words_and_old_files_none(report):
+    html, page, _ = report()
+    section = _section(html, "ffn--numpy--cpu--eager--float32")
+    assert re.search(r"Gradients conformant on \d+ examples, largest error/budget [\d.e-]+ \((x|[Wb]_[12])\)\.",
+                     section)
+    assert "v-conformant g" in html  # the matrix marks them; the no-vjp plug-in's cell is not marked
+    wrong = next(a for t, a in page.tags if t == "td" and "v-non-conformant" in a.get("class", "")
+                 and "sum" not in a.get("class", ""))
+    assert not {"g", "gx", "gq"} & set(wrong["class"].split())
+
+    def version_6(data):
+        for c in data["cells"]:
+            del c["gradients"]
+        return {**data, "schema": "conformance-results/6"}
+
+    html, page, _ = report(version_6)
+    assert "Gradients conformant" not in html and "Gradients unsupported" not in html
+    assert not [a for t, a in page.tags if t == "td" and {"g", "gx", "gq"} & set(a.get("class", "").split())]
 
 
 def test_a_cell_without_arrays_says_so_once(report):

@@ -16,9 +16,10 @@ from conformance.engine import SAMPLE_CAP, Samples
 from conformance.results import SCHEMA
 from conformance.schema import SCHEMA_FILE, ResultsFileError, load_results
 from conformance.spec import load_spec
-from conformance.vocabulary import Held, Property
+from conformance.vocabulary import Held, Property, Verdict
 
 from results_sample import break_property, cells, find, read, save, write
+from wrong_gradients import scaled_w1_cell, scaled_w1_json
 
 
 def validate(path) -> dict:
@@ -32,7 +33,7 @@ def validate(path) -> dict:
 
 def test_a_runs_file_follows_the_schema(tmp_path):
     data = validate(write(tmp_path / "r.json"))
-    assert data["schema"] == SCHEMA == "conformance-results/6"
+    assert data["schema"] == SCHEMA == "conformance-results/7"
     assert {c["verdict"] for c in data["cells"]} == {"conformant", "non-conformant", "unsupported", "not-available"}
     assert [c["env"] for c in data["cells"]] == [0] * len(data["cells"])
     env = data["environments"][0]
@@ -130,6 +131,39 @@ def test_version_2_files_are_read_as_the_current_version(tmp_path):
     assert [c["evidence"] for c in loaded["cells"]] == [None] * len(data["cells"])
 
 
+def test_version_6_files_are_read_with_gradients_unsupported(tmp_path):
+    """A file from before the gradients were checked: each cell's gradients read as unsupported, saying why,
+    so that nothing reads them as checked (compare then compares none)."""
+    data = read(write(tmp_path / "r.json"))
+    assert any(c["gradients"] for c in data["cells"])  # the NumPy cells of the sample give vjp
+    old = {**data, "schema": "conformance-results/6",
+           "cells": [{k: v for k, v in c.items() if k != "gradients"} for c in data["cells"]]}
+    loaded = load_results(save(tmp_path / "old.json", old))
+    assert loaded["schema"] == SCHEMA
+    for cell in loaded["cells"]:
+        gradients = cell["gradients"]
+        assert gradients["verdict"] == "unsupported" and "recorded before gradients were checked" in gradients["reason"]
+        assert gradients["examples"] == 0 and gradients["max_ratio"] is None and gradients["evidence"] is None
+    assert [c["properties"] for c in loaded["cells"]] == [c["properties"] for c in data["cells"]]
+    # and older files go through /6 too
+    older = {**old, "schema": "conformance-results/5",
+             "cells": [{k: v for k, v in c.items() if k != "properties"} for c in old["cells"]]}
+    assert {c["gradients"]["verdict"] for c in load_results(save(tmp_path / "older.json", older))["cells"]} == \
+        {"unsupported"}
+
+
+def test_gradients_a_development_version_wrote_under_version_6_are_kept(tmp_path):
+    data = read(write(tmp_path / "r.json"))
+    cell = find(data, component="ffn")
+    assert cell["gradients"]["verdict"] == "conformant"
+    for c in data["cells"]:
+        c["gradients"].pop("evidence", None)  # the development version kept no arrays
+    loaded = find(load_results(save(tmp_path / "dev.json", {**data, "schema": "conformance-results/6"})),
+                  component="ffn")
+    assert loaded["gradients"] == {**cell["gradients"], "evidence": None}
+    assert find(data, mode="compiled")["gradients"] == {}  # a cell that did not run has none, then as now
+
+
 def test_version_5_files_are_read_with_no_properties(tmp_path):
     data = read(write(tmp_path / "r.json"))
     assert any(c["properties"] for c in data["cells"])  # the sample's specs have properties
@@ -201,6 +235,78 @@ def test_a_malformed_property_record_is_refused(tmp_path, change, message):
     data = read(write(tmp_path / "r.json"))
     assert find(data, component="ffn") is data["cells"][4]
     change(data["cells"][4]["properties"])
+    with pytest.raises(ResultsFileError, match=re.escape(message)):
+        load_results(save(tmp_path / "bad.json", data))
+
+
+# --- gradients: what the vjp came to, judged apart from the verdict ------------------------------
+
+def test_cells_record_their_gradients_with_the_vocabularys_words(tmp_path):
+    data = validate(write(tmp_path / "r.json"))
+    cell = find(data, component="ffn")
+    gradients = cell["gradients"]
+    assert gradients["verdict"] == "conformant" and gradients["examples"] > 0 and gradients["evidence"] is None
+    assert set(gradients["ratio"]) == set(gradients["max_error"]) == {"x", "W_1", "b_1", "W_2", "b_2"}
+    assert gradients["max_ratio"] == max(gradients["ratio"].values())
+    wrong = find(data, verdict="non-conformant")  # a plug-in with no vjp
+    assert wrong["gradients"]["verdict"] == "unsupported" and "gives no vjp" in wrong["gradients"]["reason"]
+    defs = json.loads(SCHEMA_FILE.read_text())["$defs"]
+    assert defs["gradient_record"]["properties"]["verdict"]["enum"] == [
+        Verdict.CONFORMANT, Verdict.NON_CONFORMANT, Verdict.UNSUPPORTED, Held.NOT_CHECKED]
+
+
+def test_a_gradient_failure_keeps_its_example_command_and_arrays(tmp_path):
+    """The cotangents, the candidate's gradients and the reference's, as the vjp saw and gave them."""
+    from conformance.results import write_results
+
+    data = validate(write_results(tmp_path / "r.json", [scaled_w1_cell()]))
+    [cell] = data["cells"]
+    gradients = cell["gradients"]
+    assert cell["verdict"] == "conformant" and gradients["verdict"] == "non-conformant"
+    assert gradients["reason"].startswith("gradient 'W_1' differs from the reference")
+    assert gradients["sections"] and all(s.startswith("ffn \u00a711") for s in gradients["sections"])
+    assert gradients["counterexample"]["gradients"] is True and '"gradients":true' in gradients["repro"]
+    kept = evidence.unpack(load_results(tmp_path / "r.json")["cells"][0]["gradients"]["evidence"],
+                           evidence.GRADIENT_GROUPS)
+    assert set(kept) == {"cotangents", "gradients", "reference"}
+    assert set(kept["gradients"]) == set(kept["reference"]) == {"x", "W_1", "b_1", "W_2", "b_2"}
+    got, want = kept["gradients"]["W_1"], kept["reference"]["W_1"]
+    assert got.whole and got.dtype == "float32" and want.dtype == "float64"
+    scale = np.abs(want.values).max()
+    np.testing.assert_allclose(got.values, want.values * 1.01, rtol=0, atol=1e-4 * scale)  # 1 % off, as built
+    assert np.abs(got.values - want.values).max() > 0.005 * scale
+    right, reference = kept["gradients"]["W_2"].values, kept["reference"]["W_2"].values
+    np.testing.assert_allclose(right, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+    example = gradients["counterexample"]
+    assert kept["cotangents"]["y"].shape == (example["B"], example["T"], example["d_model"])
+
+
+def test_a_gradient_failures_arrays_are_bounded_and_lead_with_the_failing_gradient(root):
+    spec = load_spec(root / "spec" / "ffn.md")
+    big = {name: np.ones((64, 128)) for name in ("W_1", "W_2", "x")}
+    kept = evidence.keep_gradients({"cotangents": {"y": np.ones((64, 128), np.float32)},
+                                    "gradients": {**big, "W_1": big["W_1"] * 2},
+                                    "reference": big}, spec, failing="W_2")
+    sizes = {(group, name): int(np.prod(a.get("window", {}).get("shape", a.get("shape"))))
+             for group in evidence.GRADIENT_GROUPS for name, a in kept[group].items() if "data" in a}
+    assert sum(sizes.values()) <= evidence.MAX_ELEMENTS
+    assert sizes[("gradients", "W_2")] == sizes[("reference", "W_2")] > 0  # named by the failure, kept first
+    assert "omitted" in kept["gradients"]["x"]  # what is left after the first tier
+    raised = evidence.keep_gradients({"cotangents": {}, "gradients": None, "reference": {"W_1": np.ones(3)}}, spec)
+    assert raised["gradients"] is None and raised["absent"] == {"gradients": "the implementation's vjp raised"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.update(verdict="held"), "at cells/0/gradients/verdict: 'held' is not one of ['conformant'"),
+    (lambda g: g.pop("repro"), "at cells/0/gradients: 'repro' is a required property"),
+    (lambda g: g.update(examples=-1), "at cells/0/gradients/examples: -1 is less than the minimum of 0"),
+    (lambda g: g["evidence"].pop("cotangents"), "at cells/0/gradients/evidence: 'cotangents' is a required"),
+    (lambda g: g["evidence"]["gradients"]["W_1"].update(data="AAAA" * 20_000), "(fails maxLength 43692)"),
+])
+def test_a_malformed_gradient_record_is_refused(tmp_path, change, message):
+    data = read(write(tmp_path / "r.json"))
+    data["cells"] = [scaled_w1_json()]
+    change(data["cells"][0]["gradients"])
     with pytest.raises(ResultsFileError, match=re.escape(message)):
         load_results(save(tmp_path / "bad.json", data))
 
@@ -311,9 +417,10 @@ def test_evidence_the_schema_cannot_judge_is_refused_when_read(tmp_path, change,
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(schema="conformance-results/99"),
      "schema 'conformance-results/99' is not one this version reads; readable: conformance-results/2, "
-     "conformance-results/3, conformance-results/4, conformance-results/5, conformance-results/6"),
+     "conformance-results/3, conformance-results/4, conformance-results/5, conformance-results/6, "
+     "conformance-results/7"),
     (lambda d: d.pop("schema"), "not a results file: no 'schema' field"),
-    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/6: at cells/0/verdict"),
+    (lambda d: d["cells"][0].update(verdict="maybe"), "does not follow conformance-results/7: at cells/0/verdict"),
     (lambda d: d["cells"][2].pop("env"), "at cells/2: 'env' is a required property"),
     (lambda d: d["cells"][1].update(env=5), "at cells/1/env: environment 5 does not exist (the file has 1)"),
     (lambda d: d.update(environments=[]), "at environments"),

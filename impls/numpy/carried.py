@@ -22,7 +22,12 @@ The rules, for exact inputs and weights (bound 0):
   by the caller.
 
 Inherited errors of independent terms add in quadrature, and each rounding
-adds one eps of the result (or of the terms' sizes for a sum).
+adds one eps of the result (or of the terms' sizes for a sum). Where both
+factors of a product carry errors, their product is counted too (in eps,
+`eps * e(a) e(b)`, elementwise or as a matrix product): first order misses it
+where both values are exactly 0 in the reference, as a layer norm of one
+feature makes them. A value made from exact inputs given the dtype's eps
+(`Carried.exact(value, eps)`) passes it on.
 """
 
 from __future__ import annotations
@@ -37,19 +42,22 @@ from impls.numpy.bounds import rounding
 class Carried:
     """A value and its bound in eps (None: bounds are not being computed)."""
 
-    __slots__ = ("value", "bound")
+    __slots__ = ("value", "bound", "eps")
     __array_ufunc__ = None  # `array * carried` is Carried.__rmul__, not NumPy's elementwise loop
 
-    def __init__(self, value: np.ndarray, bound: np.ndarray | None):
+    def __init__(self, value: np.ndarray, bound: np.ndarray | None, eps: float | None = None):
         self.value = np.asarray(value)
         self.bound = None if bound is None else np.broadcast_to(np.asarray(bound, dtype=np.float64),
                                                                  self.value.shape)
+        self.eps = eps  # the dtype's, for the products of two errors; None counts none
 
     @classmethod
-    def exact(cls, value: np.ndarray, bounds: bool) -> "Carried":
-        """An input, weight or cotangent: exact in the reference's arithmetic."""
+    def exact(cls, value: np.ndarray, bounds: bool | float | None) -> "Carried":
+        """An input, weight or cotangent: exact in the reference's arithmetic. `bounds`: the dtype's eps (or
+        True) to carry bounds, None or False for none."""
         value = np.asarray(value)
-        return cls(value, np.zeros(value.shape) if bounds else None)
+        eps = None if isinstance(bounds, bool) or bounds is None else float(bounds)
+        return cls(value, np.zeros(value.shape) if bounds else None, eps)
 
     @property
     def bounds(self) -> bool:
@@ -59,8 +67,9 @@ class Carried:
     def shape(self) -> tuple[int, ...]:
         return self.value.shape
 
-    def _like(self, value: np.ndarray, bound: np.ndarray | None) -> "Carried":
-        return Carried(value, bound if self.bounds else None)
+    def _like(self, value: np.ndarray, bound: np.ndarray | None, other: "Carried | None" = None) -> "Carried":
+        eps = self.eps if other is None or other.eps is None else other.eps
+        return Carried(value, bound if self.bounds else None, eps)
 
     # --- shape: bounds follow the elements -----------------------------------------------------------------
     def reshape(self, *shape) -> "Carried":
@@ -89,7 +98,8 @@ class Carried:
             return Carried(value, None)
         n = self.value.shape[-1]
         inherited = np.sqrt(self.bound**2 @ other.value**2 + self.value**2 @ other.bound**2)
-        return Carried(value, inherited + rounding(n) * (np.abs(self.value) @ np.abs(other.value)))
+        inherited = inherited + self._second(other, self.bound @ other.bound)
+        return self._like(value, inherited + rounding(n) * (np.abs(self.value) @ np.abs(other.value)), other)
 
     def __rmatmul__(self, other: np.ndarray) -> "Carried":
         return _carried(other, self.bounds) @ self
@@ -102,7 +112,13 @@ class Carried:
         if not self.bounds:
             return Carried(value, None)
         inherited = np.sqrt((self.bound * np.abs(other.value))**2 + (np.abs(self.value) * other.bound)**2)
-        return Carried(value, inherited + np.abs(value))
+        inherited = inherited + self._second(other, self.bound * other.bound)
+        return self._like(value, inherited + np.abs(value), other)
+
+    def _second(self, other: "Carried", product: np.ndarray) -> np.ndarray | float:
+        """The product of the two factors' errors, in eps (`product` is that of their bounds)."""
+        eps = self.eps if other.eps is None else other.eps
+        return 0.0 if eps is None else eps * product
 
     __rmul__ = __mul__
 
@@ -124,7 +140,7 @@ class Carried:
         value = self.value + sign * other.value
         if not self.bounds:
             return Carried(value, None)
-        return Carried(value, np.sqrt(self.bound**2 + other.bound**2) + np.abs(value))
+        return self._like(value, np.sqrt(self.bound**2 + other.bound**2) + np.abs(value), other)
 
     def scaled(self, c: float) -> "Carried":
         """A product by an exact constant."""
@@ -139,7 +155,7 @@ class Carried:
         axes = (axis,) if np.isscalar(axis) else tuple(axis)
         n = int(np.prod([self.value.shape[a] for a in axes]))
         inherited = np.sqrt((self.bound**2).sum(axis=axis, keepdims=keepdims))
-        return Carried(value, inherited + rounding(n) * np.abs(self.value).sum(axis=axis, keepdims=keepdims))
+        return self._like(value, inherited + rounding(n) * np.abs(self.value).sum(axis=axis, keepdims=keepdims))
 
     def apply(self, fn: Callable[[np.ndarray], np.ndarray], slope: np.ndarray | float,
               roundings: np.ndarray | float) -> "Carried":
@@ -148,8 +164,8 @@ class Carried:
         value = fn(self.value)
         if not self.bounds:
             return Carried(value, None)
-        return Carried(value, np.abs(slope) * self.bound + roundings)
+        return self._like(value, np.abs(slope) * self.bound + roundings)
 
 
 def _carried(x: "Carried | np.ndarray", bounds: bool) -> Carried:
-    return x if isinstance(x, Carried) else Carried.exact(x, bounds)
+    return x if isinstance(x, Carried) else Carried.exact(x, bool(bounds))

@@ -79,7 +79,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§12: the gradients of <cotangents["x"], x> with respect to E and P, each with its bound in eps when
     `eps` (the dtype under test's) is given, by §12.2's rules. The tokens are not differentiated, and
     `padding_mask`, being boolean, has no cotangent."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     w = {name: Carried.exact(weights[name], bounds) for name in ("E", "P")}
     return pullback(config, w, np.asarray(inputs["tokens"]), Carried.exact(cotangents["x"], bounds), eps)
 

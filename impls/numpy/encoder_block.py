@@ -160,7 +160,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§11: the gradients of <cotangents["y"], y> + <cotangents["attention_weights"], attention_weights> with
     respect to x and every weight, each with its bound in eps when `eps` (the dtype under test's) is given,
     by §11.2's rules."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     w = {name: Carried.exact(weights[name], bounds) for name in WEIGHTS}
     padding = inputs.get("padding_mask")
     d_weights = cotangents.get("attention_weights")

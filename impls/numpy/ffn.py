@@ -87,7 +87,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
              cotangents: Mapping[str, np.ndarray], eps: float | None = None) -> dict[str, Carried]:
     """§11: the gradients of <cotangents["y"], y> with respect to x and every weight, each with its bound in
     eps when `eps` (the dtype under test's) is given, by §11.2's rules."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     w = {name: Carried.exact(weights[name], bounds) for name in ("W_1", "b_1", "W_2", "b_2")}
     return pullback(config, w, Carried.exact(inputs["x"], bounds), Carried.exact(cotangents["y"], bounds), eps)
 

@@ -144,7 +144,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§11: the gradients of the sum of <cotangents[o], o> over the four outputs o with respect to x and every
     weight, each with its bound in eps when `eps` (the dtype under test's) is given, by §11.2's rules. An
     output without a cotangent counts as one of zeros."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     w = {name: Carried.exact(weights[name], bounds) for name in weight_names(config)}
     cot = {name: Carried.exact(cotangents[name], bounds) for name in OUTPUTS if name in cotangents}
     return pullback(config, w, Carried.exact(inputs["x"], bounds), cot, eps)

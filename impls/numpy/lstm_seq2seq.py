@@ -109,7 +109,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§11: the gradients of <cotangents, (logits, attention_weights)> with respect to every weight, each with
     its bound in eps when `eps` (the dtype under test's) is given, by §11.2's rules. The token ids are not
     differentiated, and `generated` is an integer output with no cotangent."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     w = {name: Carried.exact(weights[name], bounds) for name in WEIGHTS}
     c = {name: Carried.exact(value, bounds) for name, value in cotangents.items()}
     return pullback(config, w, np.asarray(inputs["source"]), np.asarray(inputs["target_in"]), c, eps)

@@ -201,7 +201,7 @@ def backward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], input
     """§12: the gradients of <cotangents, outputs> (of `output` and `attention_weights`; one left out counts
     as zero) with respect to query, key, value and every weight, each with its bound in eps when `eps` (the
     dtype under test's) is given, by §12.2's rules."""
-    bounds = eps is not None
+    bounds = eps  # the dtype's eps: bounds, with the products of two errors; None: none
     exact = lambda a: Carried.exact(a, bounds)
     query, key, value = (exact(inputs[name]) for name in ("query", "key", "value"))
     d_output = cotangents.get("output")
