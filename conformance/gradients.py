@@ -115,10 +115,13 @@ class GradientChecks:
             self.record.verdict = Verdict.UNSUPPORTED.value
             self.record.reason = f"{self.runner.impl.label} gives no vjp (impls/__init__.py)"
             return
-        if self.record.verdict == Held.NOT_CHECKED.value:
-            self.record.verdict = Verdict.CONFORMANT.value
         try:
             self._compare(example, vjp, last)
+        except NotImplementedError as e:  # an instance that has vjp but cannot differentiate this layer
+            self.offered = False
+            self.record.verdict = Verdict.UNSUPPORTED.value
+            self.record.reason = f"{self.runner.impl.label}'s vjp: {e}"
+            return
         except GradientFailure as e:
             self.done = True
             record = self.record
@@ -144,8 +147,12 @@ class GradientChecks:
             # one per output the implementation returns, in its order; None for an integer output
             got = vjp({k: None if v is None else v.copy() for k, v in inputs.items()},
                       {n: cotangents[n].copy() if n in cotangents else None for n in runner.outputs})
+        except NotImplementedError:
+            raise
         except Exception as e:
             raise GradientFailure(f"vjp raised {type(e).__name__}: {e}", (), "") from None
+        if self.record.verdict == Held.NOT_CHECKED.value:
+            self.record.verdict = Verdict.CONFORMANT.value
         self.arrays["gradients"] = got
         tiny = tolerances.dtype_constants(dtype)["tiny"] / tolerances.EPS[dtype]
         worst = 0.0

@@ -52,6 +52,24 @@ table). The returned Instance has:
                                    # or a tuple of them in the order of `outputs` (the spec's output
                                    # table when it declares none), or one array for one output
 
+and optionally:
+
+    vjp(inputs, cotangents) -> {name: gradient}
+                                   # the gradients of sum(cotangent * output) over the outputs, with
+                                   # respect to every float input (by input name) and every weight
+                                   # (canonical names and layout), at the weights last loaded;
+                                   # `cotangents` has one entry per output the instance returns, in
+                                   # that order, None for an integer output; gradients in the dtype
+                                   # under test. Raising NotImplementedError(reason) says it cannot
+                                   # differentiate this layer: the cell's gradients are then
+                                   # unsupported, as without vjp (spec/README.md, "Gradients")
+
+Our NumPy instances run the reference's backward pass in their dtype; our
+PyTorch modules and Keras layers differentiate with the framework
+(torch.autograd; jax.vjp, tf.GradientTape or torch.autograd through Keras'
+`stateless_call`), and map the parameters' gradients back through
+`load_canonical` by tracing where it puts each canonical element.
+
 An Instance may be called many times, with other inputs, shapes and loaded
 weights in between: its outputs must depend on the weights last loaded and
 the call's inputs only, and a call must change neither (spec/README.md,

@@ -274,8 +274,9 @@ class LayerInstance:
         weights: the backend's own differentiation (`gradient_call`) of the layer's `stateless_call`, compiled
         in the compiled mode; the trainable variables' gradients go through `load_canonical` backwards
         (`impls.torch.canonical_gradients`' method, on a float64 copy of the layer made by `probe`)."""
-        if self.probe is None:
-            raise NotImplementedError("this layer's instance was built without a float64 probe for its weights")
+        if getattr(self, "probe", None) is None:
+            raise NotImplementedError("its instance has no float64 copy of the layer to map the variables' "
+                                      "gradients to the canonical weights")
         with keras.device(self.device):
             tensors = {name: None if x is None else ops.convert_to_tensor(x) for name, x in inputs.items()}
             floats = [name for name, x in inputs.items() if x is not None and np.asarray(x).dtype.kind in "fV"]
