@@ -89,8 +89,8 @@ def directional(component: str, config: Mapping[str, Any], weights: Mapping[str,
 STEPS = (1e-4, 1e-6)
 
 
-def check_against_differences(component: str, example: Mapping[str, Any], seed: int, tolerance: float = 1e-7
-                              ) -> list[str]:
+def check_against_differences(component: str, example: Mapping[str, Any], seed: int, tolerance: float = 1e-7,
+                              steps: tuple[float, ...] = STEPS) -> list[str]:
     """Each gradient of the reference's backward on `example` against `directional` along two random
     directions; the failures, one line each (an empty list when all agree). The agreement asked is
     `tolerance` of sum |gradient| |direction|, the size of the terms the directional derivative sums, plus
@@ -111,7 +111,7 @@ def check_against_differences(component: str, example: Mapping[str, Any], seed: 
             direction = rng.normal(size=np.shape(value))
             got = float((g * direction).sum())
             terms = float((np.abs(g) * np.abs(direction)).sum())
-            for step in STEPS:
+            for step in steps:
                 expected = directional(component, config, weights, inputs, cotangents, name, direction, step * size)
                 allowed = tolerance * terms + 10 * 2.0**-52 * noise / (step * size)
                 if abs(got - expected) <= allowed:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conformance.spec import list_components
-from tests.gradient_checks import (arrays, check_against_differences, differentiated, drawn, reference,
+from tests.gradient_checks import (STEPS, arrays, check_against_differences, differentiated, drawn, reference,
                                    spec_of)
 
 #: The components whose spec has a `gradient` table, and whose reference a backward pass.
@@ -73,5 +73,8 @@ def test_differences_notice_a_gradient_off_by_one_part_in_ten_thousand(component
             return {**grads, name: Carried(grads[name].value * (1 + 1e-4), grads[name].bound)}
 
         monkeypatch.setattr(module, "backward", wrong)
-        assert any(line.startswith(f"{name}:") for line in check_against_differences(component, example, seed=0)), name
+        # at the first step alone: the smaller one's noise allowance is wider than the error where a layer
+        # norm of two features leaves the gradients below it 1e-5 of the largest (text_classifier)
+        failures = check_against_differences(component, example, seed=0, steps=STEPS[:1])
+        assert any(line.startswith(f"{name}:") for line in failures), name
     monkeypatch.setattr(module, "backward", right)

@@ -178,7 +178,8 @@ class ModuleInstance:
         floats = [name for name, t in tensors.items() if t is not None and t.is_floating_point()]
         for name in floats:
             tensors[name].requires_grad_(True)
-        params = dict(self.module.named_parameters())
+        # the module the call runs: the one built here, or one it was copied into (`called`)
+        params = dict(getattr(self, "called", self.module).named_parameters())
         with torch.enable_grad():
             result = self.forward(**tensors)
         result = result if isinstance(result, tuple) else (result,)

@@ -121,13 +121,13 @@ class StateDictInstance(ModuleInstance):
         self.config, self.dtype = config, getattr(torch, dtype)
 
     def load(self, weights: Mapping[str, np.ndarray]) -> None:
-        load_classifier(self.module, weights)
+        super().load(weights)
         buffer = io.BytesIO()
         torch.save(self.module.state_dict(), buffer)
         buffer.seek(0)
         fresh = EncoderClassifier(self.config).to(self.device, self.dtype).eval()
         fresh.load_state_dict(torch.load(buffer, weights_only=True))
-        self.forward = fresh
+        self.forward = self.called = fresh  # `vjp` differentiates the module called, with self.module's names
 
 
 class TransformerEncoderClassifier(FrameworkLayer, TorchImplementation):
