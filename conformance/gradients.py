@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 #: One example in this many, of those that pass the reference comparison, also checks the gradients.
 EVERY = 2
+#: The dtypes whose gradient budgets have been calibrated (spec/README.md, "Gradients"); in the others a cell's
+#: gradients are unsupported, with the reason, until they are.
+DTYPES = ("float64", "float32")
 #: The key a replayed example carries to check its gradients whatever `EVERY` says.
 REPLAY_KEY = "gradients"
 
@@ -99,7 +102,7 @@ class GradientChecks:
 
     def due(self, example: Mapping[str, Any]) -> bool:
         """Whether this passing example checks the gradients: a replay that asks, or one in EVERY."""
-        if self.reference is None or self.done or self.offered is False:
+        if self.reference is None or self.done or self.offered is False or self.runner.dtype not in DTYPES:
             return False
         if example.get(REPLAY_KEY):
             return True
@@ -183,7 +186,11 @@ class GradientChecks:
         self.record.max_ratio = max(self.record.max_ratio or 0.0, worst)
 
     def to_json(self) -> dict[str, Any]:
-        if self.reference is None:
+        if self.reference is not None and self.runner.dtype not in DTYPES:
+            self.record.verdict = Verdict.UNSUPPORTED.value
+            self.record.reason = (f"gradient budgets are calibrated in {' and '.join(DTYPES)} so far; "
+                                  f"{self.runner.dtype}'s are not yet")
+        elif self.reference is None:
             self.record.verdict = Verdict.UNSUPPORTED.value
             self.record.reason = f"spec/{self.spec.component}.md has no gradient table yet"
         elif self.record.verdict == Held.NOT_CHECKED.value:

@@ -78,3 +78,16 @@ def test_differences_notice_a_gradient_off_by_one_part_in_ten_thousand(component
         failures = check_against_differences(component, example, seed=0, steps=STEPS[:1])
         assert any(line.startswith(f"{name}:") for line in failures), name
     monkeypatch.setattr(module, "backward", right)
+
+
+def test_gradients_are_checked_in_the_calibrated_dtypes_only():
+    """spec/README.md, "Gradients", Calibration: float32 cells check them, float16 cells say why they do not."""
+    from conformance.engine import run_cell
+    from conformance.registry import resolve
+
+    spec = spec_of("ffn")
+    checked = run_cell(spec, resolve("ffn", "numpy"), "float32", "cpu", max_examples=6).gradients
+    assert checked["verdict"] == "conformant" and checked["examples"] > 0
+    skipped = run_cell(spec, resolve("ffn", "numpy"), "float16", "cpu", max_examples=6).gradients
+    assert skipped["verdict"] == "unsupported" and skipped["examples"] == 0
+    assert "calibrated in float64 and float32" in skipped["reason"]
