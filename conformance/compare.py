@@ -12,7 +12,8 @@ A regression is one of:
   failed and now holds is an improvement. Where the slot's verdict changed because of that property alone,
   the property's line says it and the verdict's is not repeated;
 - gradients (spec/README.md, "Gradients") that were conformant and now are not, or that fail in a new way
-  (another gradient, or another kind of failure), whatever the verdict did: the gradients are judged apart
+  (another gradient, or another kind of failure), or that were conformant and now deviate as the ledger
+  records, whatever the verdict did: the gradients are judged apart
   from it. Gradients that failed and now are conformant are an improvement. A slot whose gradients were not
   compared in one of the two (unsupported: no vjp, or a file older than conformance-results/7; not checked)
   has no gradient change.
@@ -134,13 +135,13 @@ def gradient_change(was: dict[str, Any], now: dict[str, Any]) -> tuple[str, str]
     before, after = was.get("gradients") or {}, now.get("gradients") or {}  # {}: the cell did not run
     g0, g1 = before.get("verdict"), after.get("verdict")
     where = f" ({', '.join(after['sections'])})" if after.get("sections") else ""
-    if g0 == Verdict.CONFORMANT and g1 == Verdict.NON_CONFORMANT:
-        return "regression", f"gradients{where} were conformant, now non-conformant: {after['reason']}"
+    if g0 == Verdict.CONFORMANT and g1 in (Verdict.NON_CONFORMANT, Verdict.KNOWN_DEVIATION):
+        return "regression", f"gradients{where} were conformant, now {g1}: {after['reason']}"
     if g0 == g1 == Verdict.NON_CONFORMANT and gradient_class(after) != gradient_class(before):
         return "regression", (f"new kind of gradient failure{where}: {gradient_class(after)} (was "
                               f"{gradient_class(before)}): {after['reason']}")
-    if g0 == Verdict.NON_CONFORMANT and g1 == Verdict.CONFORMANT:
-        return "improvement", "gradients were non-conformant, now conformant"
+    if g0 == Verdict.NON_CONFORMANT and g1 in (Verdict.CONFORMANT, Verdict.KNOWN_DEVIATION):
+        return "improvement", f"gradients were non-conformant, now {g1}"
     return None
 
 

@@ -16,6 +16,8 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     backends       = ["torch"]                      #   likewise for the Keras backend, the device
     devices        = ["cpu"]                        #   and the execution mode
     modes          = ["eager"]
+    parts          = ["forward", "gradients"]   # optional: what it covers, the outputs ("forward", the
+                                                #   default) and the cell's gradients (conformance/gradients.py)
 
 `bound` says how far the deviation may go, one of:
 
@@ -38,6 +40,15 @@ every entry that covers it (alone, or of all of them together) is
 non-conformant, and its reason names the entries and the excess. (Per cell, not per example: a deviation such as
 "float64 computed in float32" is invisible on an example whose values float32
 holds exactly, as in some worked examples.)
+
+An entry whose `parts` list "gradients" covers the gradient checks of its
+cells the same way: a gradient beyond its budget on an example the entry
+covers counts as a known deviation if it holds the entry's bound (a dtype: the
+reference's backward pass with that dtype's eps, measured in it; a number of
+eps: allowed in place of the budget), and the entry is stale for the gradients
+when the cell compared gradients on examples it covers and none deviated. A
+gradient bound is a dtype or a number of eps ("region" and "like NAME" model
+outputs, not gradients).
 """
 
 from __future__ import annotations
@@ -58,7 +69,9 @@ LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
 REQUIRED = ("id", "implementation", "component", "condition", "sections", "explanation", "bound")
 #: Optional fields that narrow an entry to some cells, and the values each may list.
 SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices": DEVICES, "modes": MODES}
-OPTIONAL = ("reference", "seen_on", *SCOPES)
+#: What an entry may cover (`parts`): the outputs, and the gradient checks.
+PARTS = ("forward", "gradients")
+OPTIONAL = ("reference", "seen_on", *SCOPES, "parts")
 
 
 class LedgerError(UsageError):
@@ -127,6 +140,7 @@ class Deviation:
     reference: str | None = None
     seen_on: Mapping[str, str] = field(default_factory=dict)
     scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # SCOPES field -> the values listed
+    parts: tuple[str, ...] = ("forward",)  # of PARTS
 
     def applies(self, *, dtype: str, backend: str | None, device: str, mode: str) -> bool:
         """Whether the entry covers this cell; a field it does not give covers every value."""
@@ -181,9 +195,15 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
             raise LedgerError(f"{name}: the id is used twice; ids must be unique")
         seen.add(entry["id"])
         bound = parse_bound(entry["bound"], name)
+        parts = entry.get("parts", ["forward"])
+        if not isinstance(parts, list) or not parts or not all(p in PARTS for p in parts):
+            raise LedgerError(f"{name}: parts is {parts!r}; it is a non-empty list of: {', '.join(PARTS)}")
+        if "gradients" in parts and bound.kind not in (BoundKind.DTYPE, BoundKind.EPS):
+            raise LedgerError(f"{name}: bound {bound.text!r} cannot cover gradients; an entry whose parts list "
+                              f"\"gradients\" bounds them by a dtype (\"float32\") or a number of eps (\"3e5 eps\")")
         parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
                                 tuple(sections), entry["explanation"], bound, entry.get("reference"),
-                                dict(entry.get("seen_on", {})), scope))
+                                dict(entry.get("seen_on", {})), scope, tuple(dict.fromkeys(parts))))
     return parsed
 
 

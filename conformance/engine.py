@@ -313,8 +313,10 @@ class Runner:
         self.progress = progress or (lambda event, example: None)
         self.outputs = impl.outputs(tuple(spec.outputs))
         self.pooled = impl.compiles_per_shape(mode)  # each new shape compiles: draw a few up front
-        self.ledger = deviations.entries_for(list(ledger), spec.component, impl.label, dtype=dtype,
-                                             backend=impl.backend(), device=device, mode=mode)
+        cell_entries = deviations.entries_for(list(ledger), spec.component, impl.label, dtype=dtype,
+                                              backend=impl.backend(), device=device, mode=mode)
+        self.ledger = [d for d in cell_entries if "forward" in d.parts]  # those the outputs are judged by
+        self.gradient_ledger = [d for d in cell_entries if "gradients" in d.parts]  # conformance/gradients.py
         self.reference = reference_forward(spec.component)
         # the diagnostics the budget table names, which bound the values a correct implementation handles
         self.range_names = sorted({n for scale, growth in spec.budgets.values()

@@ -30,7 +30,8 @@ SHORT = {Verdict.KNOWN_DEVIATION: "kd", Verdict.NON_CONFORMANT: "\u2717", Verdic
          Verdict.UNSUPPORTED: "\u2013", Verdict.NOT_AVAILABLE: "n/a"}
 #: How a matrix cell marks its gradients (conformance/gradients.py) below its text: (CSS class, the text it
 #: adds); no mark where they are unsupported (no vjp, or results older than conformance-results/7).
-GRADIENT_MARKS = {Verdict.CONFORMANT: ("g", "\u2207"), Verdict.NON_CONFORMANT: ("gx", "\u2207\u2717"),
+GRADIENT_MARKS = {Verdict.CONFORMANT: ("g", "\u2207"), Verdict.KNOWN_DEVIATION: ("gk", "\u2207~"),
+                  Verdict.NON_CONFORMANT: ("gx", "\u2207\u2717"),
                   Held.NOT_CHECKED: ("gq", "\u2207?")}
 #: The levels of column groups; below the last, a column per dtype.
 LEVELS = ("device", "mode")

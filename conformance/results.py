@@ -142,6 +142,8 @@ def _gradients(gradients: dict[str, Any]) -> tuple[str, list[str]]:
     if verdict == Verdict.CONFORMANT:
         ratio = gradients.get("max_ratio")
         return f"  gradients: conformant {'-' if ratio is None else f'{ratio:.3g}'}", []
+    if verdict == Verdict.KNOWN_DEVIATION:
+        return f"  gradients: known-deviation ({gradients.get('deviation')})", []
     if verdict != Verdict.NON_CONFORMANT:  # unsupported or not checked: the file says why
         return "", []
     named = failed_gradient(gradients)

@@ -7,10 +7,6 @@ refresh it after an intended change), with the same seed, so they draw the same 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from conformance.cli import main
@@ -36,10 +32,7 @@ def test_numpy_and_torch_match_the_baseline(root, tmp_path):
     _compare(root, current)
 
 
-def test_keras_on_torch_matches_the_baseline(root, tmp_path):
+@pytest.mark.xdist_group("keras-on-torch")  # the run is tests/conftest.py's, shared with tests/test_components.py
+def test_keras_on_torch_matches_the_baseline(root, keras_on_torch_run):
     pytest.importorskip("keras")
-    current = tmp_path / "results-keras-torch.json"
-    proc = subprocess.run([sys.executable, "-m", "conformance", *RUN, "--framework", "keras", "-o", str(current)],
-                          env={**os.environ, "KERAS_BACKEND": "torch"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _compare(root, current)
+    _compare(root, keras_on_torch_run)

@@ -14,8 +14,10 @@ from conformance.cli import main
 from conformance.vocabulary import Slot
 
 ROOT = Path(__file__).resolve().parent.parent
+# eager only: the compiled mode's compilations (tests/test_compilation.py) would take most of the time and
+# make no difference to how cells are split, scheduled and merged
 NUMPY = ["run", "--framework", "numpy", "--framework", "torch", "--component", "mha", "--component", "ffn",
-         "--dtype", "float64", "--dtype", "float32", "--device", "cpu", "--examples", "5"]
+         "--mode", "eager", "--dtype", "float64", "--dtype", "float32", "--device", "cpu", "--examples", "5"]
 SAME = ("verdict", "examples", "max_ratio", "worst", "reason")
 
 

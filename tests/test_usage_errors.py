@@ -85,11 +85,17 @@ CASES = {
         t, 'reference = "https://github.com/pytorch/pytorch/issues/160064"', "reference = 3")],
         "reference has the wrong type"),
     "ledger names a section its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
-        t, 'sections = ["7.4"]', 'sections = ["7.4", "12"]')], "names section 12 of mha, which"),
+        t, 'sections = ["7.4"]', 'sections = ["7.4", "99"]')], "names section 99 of mha, which"),
     "ledger names a condition its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
         t, 'condition = "fully_masked_query_row"', 'condition = "padded_position"')],
         "unknown condition 'padded_position'; valid for mha: always, fully_masked_query_row, "
         "score_scale_inexact_in_float32"),
+    "ledger parts names an unknown part": (lambda t: [*CHECK, "--ledger", _ledger_with(
+        t, 'parts = ["forward", "gradients"]', 'parts = ["forward", "backward"]')],
+        "parts is ['forward', 'backward']; it is a non-empty list of: forward, gradients"),
+    "ledger covers gradients with a region": (lambda t: [*CHECK, "--ledger", _ledger_with(
+        t, 'sections = ["7.4"]', 'sections = ["7.4"]\nparts = ["gradients"]')],
+        "bound 'region' cannot cover gradients; an entry whose parts list \"gradients\" bounds them by a dtype"),
     "ledger not UTF-8": (lambda t: [*CHECK, "--ledger", str(_write(t / "l.toml", b"\xff\xfe[[deviation]]\n"))],
                          "is not valid TOML: it is not UTF-8 text"),
     "-o an existing directory": (lambda t: [*CHECK, "-o", str(t)], "is a directory; give a file path"),

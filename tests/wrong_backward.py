@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from impls.torch import encoder_block, lstm_classifier, mha
+from impls.torch import encoder_block, ffn, lstm_classifier, mha
 
 
 # --- mha: a softmax whose backward forgets the row sum ---------------------------------------------------------
@@ -128,6 +128,38 @@ class LayerNormBackwardWithoutMean(_BlockWithNorm):
 
     name = "LayerNormBackwardWithoutMean"
     norm = _NormWithoutMeanTerm
+
+
+# --- ffn: a float64 layer whose backward starts from a float32 cotangent ----------------------------------------
+
+class _CotangentInFloat32(torch.autograd.Function):
+    """The identity, whose backward rounds the incoming gradient to float32 (and back to its dtype)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(torch.float32).to(g.dtype)
+
+
+class _FeedForwardCotangentInFloat32(ffn.FeedForward):
+    def forward(self, x):
+        return _CotangentInFloat32.apply(super().forward(x))
+
+
+class CotangentInFloat32(ffn.Implementation):
+    """ffn with its outputs exact and every gradient float32-accurate in float64 (the cotangent rounded to
+    float32 on its way in), as a float64 layer with a float32 backward kernel would be: what a ledger entry
+    covering the gradients with the bound "float32" describes (tests/test_gradient_ledger.py)."""
+
+    name = "CotangentInFloat32"
+
+    def module(self, config: Mapping[str, Any]) -> nn.Module:
+        module = _FeedForwardCotangentInFloat32(config["d_model"], config["d_ff"], config["activation"],
+                                                config["dropout"])
+        return module
 
 
 # --- lstm_classifier: the forget-gate path cut ------------------------------------------------------------------

@@ -319,7 +319,11 @@ def gradient_call(layer: keras.layers.Layer, compiled: bool) -> Callable[..., tu
             by_variable, by_input = pull([c for c in given if c is not None])
             return [by_input[n] for n in floats], list(by_variable)
 
-        return jax.jit(grads, static_argnums=(3,)) if compiled else grads
+        if not compiled:
+            return grads
+        traced = jax.jit(grads, static_argnums=(3,))  # the names are static, so hashable: a tuple
+        return lambda trainable, non_trainable, tensors, floats, given: traced(
+            trainable, non_trainable, tensors, tuple(floats), given)
     if name == "tensorflow":
         import tensorflow as tf
 
