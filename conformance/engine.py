@@ -362,8 +362,11 @@ class Runner:
 
         An example with `after` (a replay of such a failure) runs on a fresh instance after those examples."""
         self.progress(Event.EXAMPLE, point(example))
-        weights, inputs = generate.make_arrays(self.spec, example)
         config = generate.layer_config(self.spec, example)
+        reason = self.impl.unsupported_config(config)
+        if reason is not None:  # before the arrays and the reference: a narrow layer rejects most draws
+            raise ConfigUnsupported(reason)
+        weights, inputs = generate.make_arrays(self.spec, example)
         if example.get("after"):  # a replay: the failure must come back after these calls, and not without them
             try:
                 return self.compare(config, example, weights, inputs, instance=self.after(example["after"], config))
