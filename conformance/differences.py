@@ -6,10 +6,12 @@ written by hand. It has three parts, about the frameworks' own layers only
 (the component records' `layers`, conformance/components.py; our implementations are not the subject):
 
 - the known deviations (spec/deviations.toml), each with the cells of these
-  results where it showed, a command that replays it, and the upstream issue;
+  results where it showed (in the outputs, and in the gradients where the
+  entry covers them), a command that replays it, and the upstream issue;
 - the layer configurations a framework layer cannot express at all (from the
   `supports` reasons the results record);
-- the framework layers that were conformant in every cell they ran.
+- the framework layers that were conformant in every cell they ran, outputs
+  and gradients, and those whose outputs or gradients failed outside the ledger.
 
 A ledger entry that no result shows is listed as "not seen in these results";
 one that a result reports stale says so.
@@ -69,15 +71,22 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
         mine = [c for c in cells if c["component"] == d.component and c["implementation"] == d.implementation]
         shown = [c for c in mine if c.get("deviation") == d.id]
         stale = [c for c in mine if c["verdict"] == Verdict.NON_CONFORMANT and f"{d.id!r} is stale" in (c["reason"] or "")]
+        in_gradients = [c for c in mine if _gradients(c).get("deviation") == d.id]
+        stale_gradients = [c for c in mine if f"{d.id!r} is stale for the gradients" in (_gradients(c).get("reason") or "")]
         where = _cells_text(shown) if shown else "not seen in these results"
+        if in_gradients:
+            where += f"; gradients: {_cells_text(in_gradients)}"
         if stale:
             where += f"; **stale** (now follows the spec) in {_cells_text(stale)}"
+        if stale_gradients:
+            where += f"; **stale** for the gradients (they now follow the spec) in {_cells_text(stale_gradients)}"
         repro = next((c["repro"] for c in shown if c.get("repro")), None)
         if repro:
             where += f"<br>`{repro}`"
         sections = ", ".join(f"§{s}" for s in d.sections)
         versions = ", ".join(f"{k} {v}" for k, v in sorted(d.seen_on.items()))
-        what = d.explanation + (f" (seen with {versions})" if versions else "")
+        what = (d.explanation + (" The entry covers the gradients too." if "gradients" in d.parts else "")
+                + (f" (seen with {versions})" if versions else ""))
         lines.append(f"| `{d.implementation}` | {d.component} {sections} | {_cell(what)} | {_cell(where)} | "
                      f"{_upstream(d.reference)} |")
     if len(lines) == 2:
@@ -100,7 +109,9 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
     for c in layer_cells:
         if Verdict(c["verdict"]).ran:
             ran[(c["implementation"], c["component"])].append(c)
-    clean = sorted(k for k, cs in ran.items() if all(c["verdict"] == Verdict.CONFORMANT for c in cs))
+    clean = sorted(k for k, cs in ran.items() if all(c["verdict"] == Verdict.CONFORMANT and
+                                                      _gradients(c).get("verdict") != Verdict.NON_CONFORMANT
+                                                      for c in cs))
     if clean:
         lines += ["", "Conformant in every cell they ran: " + ", ".join(
             f"`{name}` ({component}: {_cells_text(ran[(name, component)])})" for name, component in clean) + "."]
@@ -109,7 +120,17 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
         lines += ["", "Not conformant and not in the ledger: " + ", ".join(
             f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if Verdict(c['verdict']).failed)})"
             for name, component in broken) + "."]
+    wrong = sorted(k for k, cs in ran.items() if any(_gradients(c).get("verdict") == Verdict.NON_CONFORMANT for c in cs))
+    if wrong:
+        lines += ["", "Gradients not conformant and not in the ledger: " + ", ".join(
+            f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if _gradients(c).get('verdict') == Verdict.NON_CONFORMANT)})"
+            for name, component in wrong) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _gradients(cell: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A cell's gradient record; empty where it has none."""
+    return cell.get("gradients") or {}
 
 
 def from_documents(ledger: Sequence[Deviation], documents: Sequence[Mapping[str, Any]]) -> str:

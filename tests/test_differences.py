@@ -74,3 +74,18 @@ def test_the_readme_table_is_generated_from_the_ledger_and_the_committed_results
     text = (root / "README.md").read_text()
     assert differences.replace_block(text, expected) == text, \
         "README's table is out of date: run conformance differences reports/baseline --readme README.md"
+
+
+def test_gradients_deviating_as_an_entry_records_or_failing_outside_the_ledger():
+    entry = Deviation("backward-in-float32", MHA, "mha", "always", ("12.1",), "Its backward runs in float32.",
+                      Bound(BoundKind.DTYPE, "float32"), parts=("forward", "gradients"))
+    deviated = {"verdict": "known-deviation", "deviation": "backward-in-float32", "reason": "ledger entry ..."}
+    failed = {"verdict": "non-conformant", "deviation": None, "reason": "gradient 'W_q' differs from the reference"}
+    cells = [_cell(MHA, "float64", gradients=deviated), _cell(MHA, "float32"),
+             _cell("torch.sdpa", "float64", gradients=failed)]
+    table = differences.render([entry], cells)
+    row = next(l for l in table.splitlines() if l.startswith(f"| `{MHA}`"))
+    assert "| Its backward runs in float32. The entry covers the gradients too. |" in row
+    assert "| not seen in these results; gradients: torch: float64 |" in row
+    assert "Gradients not conformant and not in the ledger: `torch.sdpa` (mha: torch: float64)." in table
+    assert "Conformant in every cell they ran: `torch.nn.MultiheadAttention` (mha: torch: float64, float32)." in table
