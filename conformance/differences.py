@@ -72,7 +72,8 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
         shown = [c for c in mine if c.get("deviation") == d.id]
         stale = [c for c in mine if c["verdict"] == Verdict.NON_CONFORMANT and f"{d.id!r} is stale" in (c["reason"] or "")]
         in_gradients = [c for c in mine if _gradients(c).get("deviation") == d.id]
-        stale_gradients = [c for c in mine if f"{d.id!r} is stale for the gradients" in (_gradients(c).get("reason") or "")]
+        stale_gradients = [c for c in mine
+                           if f"{d.id!r} is stale for the gradients" in (_gradients(c).get("reason") or "")]
         where = _cells_text(shown) if shown else "not seen in these results"
         if in_gradients:
             where += f"; gradients: {_cells_text(in_gradients)}"
@@ -120,11 +121,11 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
         lines += ["", "Not conformant and not in the ledger: " + ", ".join(
             f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if Verdict(c['verdict']).failed)})"
             for name, component in broken) + "."]
-    wrong = sorted(k for k, cs in ran.items() if any(_gradients(c).get("verdict") == Verdict.NON_CONFORMANT for c in cs))
+    failed = {k: [c for c in cs if _gradients(c).get("verdict") == Verdict.NON_CONFORMANT] for k, cs in ran.items()}
+    wrong = sorted(k for k, cs in failed.items() if cs)
     if wrong:
         lines += ["", "Gradients not conformant and not in the ledger: " + ", ".join(
-            f"`{name}` ({component}: {_cells_text(c for c in ran[(name, component)] if _gradients(c).get('verdict') == Verdict.NON_CONFORMANT)})"
-            for name, component in wrong) + "."]
+            f"`{name}` ({component}: {_cells_text(failed[(name, component)])})" for name, component in wrong) + "."]
     return "\n".join(lines) + "\n"
 
 
