@@ -8,7 +8,7 @@
     python benchmarks/bench.py report           # the report of 5,000 cells: bytes, seconds to write, to open
     python benchmarks/bench.py first-failure    # examples to the first failure of each wrong implementation in tests/
     python benchmarks/bench.py baseline-matrix  # the baseline's eager runs (reports/README.md), wall time each
-    python benchmarks/bench.py gradient-cost    # two of them with the gradient checks off and on, alternately
+    python benchmarks/bench.py part-cost --part gradients  # two of them with one kind of check off and on
 
 Each prints what it measured as one JSON line and adds it to benchmarks/figures.jsonl
 with the machine's description and the compilation cache used (CONFORMANCE_CACHE_DIR;
@@ -342,34 +342,38 @@ def bench_baseline_matrix(args: argparse.Namespace) -> None:
                                "runs": totals})
 
 
-#: Put first on PYTHONPATH, it turns the gradient checks off in every process of a run (workers included).
-GRADIENTS_OFF = "from conformance import gradients\ngradients.DTYPES = ()\n"
+#: Put first on PYTHONPATH (as sitecustomize.py), each turns one kind of check off in every process of a run,
+#: workers included: the gradients (no dtype calibrated), the properties (no example is ever due one).
+CHECKS_OFF = {"gradients": "from conformance import gradients\ngradients.DTYPES = ()\n",
+              "properties": "from conformance import properties\nproperties.EVERY = 10**9\n"}
 
 
-def bench_gradient_cost(args: argparse.Namespace) -> None:
-    """The baseline's numpy-torch and keras-torch runs (dev profile) with the gradient checks off and on,
-    alternately, `--repeats` times each: wall seconds and the cells' own seconds."""
+def bench_part_cost(args: argparse.Namespace) -> None:
+    """The baseline's numpy-torch and keras-torch runs (dev profile) with one kind of check (`--part`) off and
+    on, alternately, `--repeats` times each: wall seconds, the cells' own seconds, and the checks made."""
     figures: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as out:
         off = Path(out) / "off"
         off.mkdir()
-        (off / "sitecustomize.py").write_text(GRADIENTS_OFF)
+        (off / "sitecustomize.py").write_text(CHECKS_OFF[args.part])
         for repeat in range(args.repeats):
             for backend, framework in BASELINE_RUNS[:2]:
                 name = "numpy-torch" if backend is None else f"keras-{backend}"
-                for gradients in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
-                    path = os.pathsep.join(([str(off)] if gradients == "off" else []) + [str(ROOT)])
+                for state in (("off", "on") if repeat % 2 == 0 else ("on", "off")):
+                    path = os.pathsep.join(([str(off)] if state == "off" else []) + [str(ROOT)])
                     env = {**os.environ, "PYTHONPATH": path, **({"KERAS_BACKEND": backend} if backend else {})}
-                    result = Path(out) / f"{name}-{gradients}.json"
+                    result = Path(out) / f"{name}-{state}.json"
                     wall, _ = timed(conformance("run", *framework, "--device", "cpu", "--mode", "eager",
                                                 "--profile", "dev", "-o", str(result)), cwd=ROOT, env=env)
                     done = cells(result)
-                    entry = figures.setdefault(f"{name} gradients {gradients}", {"wall": [], "cells": [],
-                                                                                  "gradient_examples": []})
+                    entry = figures.setdefault(f"{name} {args.part} {state}", {"wall": [], "cells": [], "checks": []})
                     entry["wall"].append(wall)
                     entry["cells"].append(round(sum(c["seconds"] or 0 for c in done), 1))
-                    entry["gradient_examples"].append(sum((c.get("gradients") or {}).get("examples", 0) for c in done))
-    record("gradient-cost", {"runs": figures})
+                    entry["checks"].append(sum((c.get("gradients") or {}).get("examples", 0) for c in done)
+                                           if args.part == "gradients" else
+                                           sum(r.get("examples", 0) for c in done
+                                               for r in (c.get("properties") or {}).values()))
+    record("part-cost", {"part": args.part, "runs": figures})
 
 
 def main() -> None:
@@ -391,9 +395,10 @@ def main() -> None:
     ci = sub.add_parser("ci")
     ci.add_argument("--at", help="clone at this fixed path (removed first) rather than a temporary folder")
     ci.set_defaults(func=bench_ci)
-    cost = sub.add_parser("gradient-cost")
+    cost = sub.add_parser("part-cost")
+    cost.add_argument("--part", choices=sorted(CHECKS_OFF), required=True)
     cost.add_argument("--repeats", type=int, default=2)
-    cost.set_defaults(func=bench_gradient_cost)
+    cost.set_defaults(func=bench_part_cost)
     report = sub.add_parser("report")
     report.add_argument("--cells", type=int, default=5000)
     report.add_argument("--results", help="a results file to report on instead of made-up cells")
