@@ -60,7 +60,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
-from conformance import conditions
+from conformance import conditions, tolerances
 from conformance.vocabulary import DEVICES, DTYPES, MODES, UsageError
 
 LEDGER = Path(__file__).resolve().parent.parent / "spec" / "deviations.toml"
@@ -232,6 +232,26 @@ def entries_for(ledger: list[Deviation], component: str, implementation: str, *,
     """The entries that cover one cell."""
     return [d for d in ledger if d.component == component and d.implementation == implementation
             and d.applies(dtype=dtype, backend=backend, device=device, mode=mode)]
+
+
+def tries(covering: list[Deviation]) -> list[list[Deviation]]:
+    """The bounds an example covered by `covering` is held to, in order: each entry alone, then all together."""
+    return [[d] for d in covering] + ([list(covering)] if len(covering) > 1 else [])
+
+
+def widest(entries: list[Deviation], dtype: str) -> tuple[str, float | None]:
+    """What the dtype and eps bounds of `entries` allow together, in a cell of `dtype`: the dtype whose eps
+    measures errors (the coarsest named, or the cell's own) and the number of eps allowed in place of the
+    budget (None where no entry gives one)."""
+    named = [d.bound.value for d in entries if d.bound.kind == BoundKind.DTYPE]
+    allowed = [d.bound.value for d in entries if d.bound.kind == BoundKind.EPS]
+    return max([dtype, *named], key=lambda t: tolerances.EPS[t]), max(allowed) if allowed else None
+
+
+def beyond(covering: list[Deviation], reason: str) -> str:
+    """The reason for an example that deviates beyond every bound of the entries that cover it."""
+    names = " and ".join(f"{d.id!r} (bound: {d.bound.text})" for d in covering)
+    return f"beyond ledger {'entry' if len(covering) == 1 else 'entries'} {names}: {reason}"
 
 
 def check_against_specs(ledger: list[Deviation], specs: dict[str, Any]) -> None:

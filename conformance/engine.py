@@ -137,7 +137,8 @@ class Leeway:
     @classmethod
     def of(cls, entries: list[Deviation], runner: "Runner", example: Mapping[str, Any],
            weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any]) -> "Leeway":
-        leeway = cls(dtype=runner.dtype)
+        measure, eps = deviations.widest(entries, runner.dtype)
+        leeway = cls(dtype=measure, eps=eps)
         rounded_inputs = generate.cast(inputs, runner.dtype)
         for d in entries:
             kind = d.bound.kind
@@ -149,11 +150,7 @@ class Leeway:
                 for name, where in marked.items():
                     where = np.asarray(where, dtype=bool)
                     leeway.region[name] = where if name not in leeway.region else leeway.region[name] | where
-            elif kind == deviations.BoundKind.DTYPE:
-                leeway.dtype = max((leeway.dtype, d.bound.value), key=lambda t: tolerances.EPS[t])
-            elif kind == deviations.BoundKind.EPS:
-                leeway.eps = max(leeway.eps or 0.0, d.bound.value)
-            elif leeway.reference is None:  # like NAME: the deviation modelled by a function of the reference
+            elif kind == deviations.BoundKind.LIKE and leeway.reference is None:  # like NAME: the deviation modelled by a function of the reference
                 model = conditions.reference_function(runner.spec.component, d.bound.value)
                 leeway.reference = model(example, generate.cast(generate.cast(weights, runner.dtype), "float64"),
                                          generate.cast(rounded_inputs, "float64"), diagnostics=leeway.diagnostics)
@@ -450,18 +447,15 @@ class Runner:
         except NonConformance as e:
             if self.last.get("outputs") is None:  # it raised, or returned no outputs: no bound holds that
                 raise
-            tries = [[d] for d in covering] + ([covering] if len(covering) > 1 else [])
             excess = e
-            for entries in tries:
+            for entries in deviations.tries(covering):
                 try:
                     self.judge(example, inputs, Leeway.of(entries, self, example, weights, inputs))
                 except NonConformance as beyond:
                     excess = beyond
                     continue
                 raise KnownDeviation(tuple(entries), e.reason) from None
-            names = " and ".join(f"{d.id!r} (bound: {d.bound.text})" for d in covering)
-            excess.reason = (f"beyond ledger {'entry' if len(covering) == 1 else 'entries'} {names}: "
-                             f"{excess.reason}")
+            excess.reason = deviations.beyond(covering, excess.reason)
             raise excess from None
         # It followed the spec here. That counts as a pass; an entry is stale if no example of the
         # cell deviates (see `stale_entries`), since a dtype-wide entry may miss an exact small case.

@@ -55,9 +55,10 @@ REPLAY_KEY = "gradients"
 class GradientFailure(Exception):
     """A gradient beyond its budget (or missing, misshapen, of another dtype, not finite) on one example."""
 
-    def __init__(self, reason: str, sections: tuple[str, ...], gradient: str):
+    def __init__(self, reason: str, sections: tuple[str, ...], gradient: str, differs: bool = False):
         super().__init__(reason)
         self.reason, self.sections, self.gradient = reason, sections, gradient
+        self.differs = differs  # a value beyond its budget, which a ledger bound may hold (not a shape or dtype)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class GradientChecks:
         self.offered: bool | None = None  # whether the instances give vjp, once one has been seen
         self.done = False
         self.arrays: dict[str, Any] = {}  # the example being compared: cotangents, gradients, reference
-        self.ledger = list(getattr(runner, "gradient_ledger", ()))  # entries that cover the cell's gradients
+        self.ledger = runner.gradient_ledger  # entries that cover the cell's gradients
         self.covered: dict[str, Any] = {}  # entry id -> entry, for those that covered a compared example
         self.deviated: dict[str, int] = {}  # entry id -> the compared examples that deviated within its bound
 
@@ -190,19 +191,15 @@ class GradientChecks:
         try:
             worst, errors = self._judge(reference, got, dtype)
         except GradientFailure as e:
-            if not covering or "differs from the reference" not in e.reason:  # a bound holds values, not shapes
+            if not covering or not e.differs:  # a bound holds values, not shapes or dtypes
                 raise
-            tries = [[d] for d in covering] + ([covering] if len(covering) > 1 else [])
-            for entries in tries:
-                bounds = [d.bound for d in entries]
-                measure = max([dtype, *(b.value for b in bounds if b.kind == deviations.BoundKind.DTYPE)],
-                              key=lambda t: tolerances.EPS[t])
-                eps = max([0.0, *(b.value for b in bounds if b.kind == deviations.BoundKind.EPS)])
+            for entries in deviations.tries(covering):
+                measure, eps = deviations.widest(entries, dtype)
                 bounded = reference if measure == dtype else self.reference.backward(
                     config, as64(weights), as64(inputs), {**everything, **as64(cotangents)},
                     eps=tolerances.EPS[measure])
                 try:
-                    self._judge(bounded, got, dtype, measure=measure, allowed_eps=eps or None)
+                    self._judge(bounded, got, dtype, measure=measure, allowed_eps=eps)
                 except GradientFailure:
                     continue
                 for d in entries:
@@ -211,9 +208,7 @@ class GradientChecks:
                 self.record.deviation = self.record.deviation or entries[0].id
                 self.record.examples += 1
                 return
-            names = " and ".join(f"{d.id!r} (bound: {d.bound.text})" for d in covering)
-            raise GradientFailure(f"beyond ledger {'entry' if len(covering) == 1 else 'entries'} {names}: "
-                                  f"{e.reason}", e.sections, e.gradient) from None
+            raise GradientFailure(deviations.beyond(covering, e.reason), e.sections, e.gradient) from None
         for name, (error, ratio) in errors.items():
             self.record.max_error[name] = max(self.record.max_error.get(name, 0.0), error)
             self.record.ratio[name] = max(self.record.ratio.get(name, 0.0), ratio)
@@ -250,7 +245,7 @@ class GradientChecks:
                     f"gradient {name!r} differs from the reference by {error:.4g} eps"
                     f"{'' if measure == dtype else f' of {measure}'} of its bound, budget "
                     f"{allowed:.4g} (at index {at}: got {value[at]!r}, reference {want.value[at]!r})",
-                    sections, name)
+                    sections, name, differs=True)
             errors[name] = (error, error / allowed)
             worst = max(worst, error / allowed)
         return worst, errors
