@@ -311,8 +311,28 @@ def bench_headroom(args: argparse.Namespace) -> None:
     for c, o in rows:
         shown = [f"{table[(c, o, d)][0]:.3g} ({table[(c, o, d)][1]})" if (c, o, d) in table else "-" for d in dtypes]
         print(f"| {c} | `{o}` | " + " | ".join(shown) + " |")
+    gradients: dict[tuple[str, str], tuple[float, str, str, int]] = {}  # (component, dtype) -> the worst
+    for cell in (c for f in files for c in cells(f)):
+        record_ = cell.get("gradients") or {}
+        if record_.get("verdict") != "conformant":
+            continue
+        key = (cell["component"], cell["dtype"])
+        compared = gradients.get(key, (0.0, "", "", 0))[3] + record_["examples"]
+        for name, ratio in record_["ratio"].items():
+            if ratio >= gradients.get(key, (-1.0, "", "", 0))[0]:
+                gradients[key] = (ratio, name, cell["implementation"], compared)
+        if key in gradients:
+            gradients[key] = (*gradients[key][:3], compared)
+    print("\nGradients: the largest error / budget (gradient, implementation; examples compared)\n")
+    print("| component | " + " | ".join(dtypes) + " |")
+    print("|---|" + "---|" * len(dtypes))
+    for c in sorted({c for c, _ in gradients}):
+        shown = [f"{gradients[(c, d)][0]:.3g} (`{gradients[(c, d)][1]}`, {gradients[(c, d)][2]}; "
+                 f"{gradients[(c, d)][3]})" if (c, d) in gradients else "-" for d in dtypes]
+        print(f"| {c} | " + " | ".join(shown) + " |")
     record("headroom", {"examples": None if args.results else args.examples, "results": [str(f) for f in files],
-                        "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()}})
+                        "largest_ratio": {f"{c}/{o}/{d}": v[0] for (c, o, d), v in table.items()},
+                        "largest_gradient_ratio": {f"{c}/{d}": v[0] for (c, d), v in gradients.items()}})
 
 
 #: The commands that make the committed baseline (reports/README.md), as (KERAS_BACKEND, conformance arguments).

@@ -103,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                              f"(default: $CONFORMANCE_PROFILE or {DEFAULT_PROFILE})")
         sp.add_argument("--seed", type=int, default=0, help="hypothesis seed, 0 or more (default 0: runs repeat "
                                                               "exactly)")
-        sp.add_argument("--ledger", default=str(deviations.LEDGER),
-                        help="known-deviation ledger (default: the repository's spec/deviations.toml)")
+        sp.add_argument("--ledger", action="append", default=[], metavar="FILE",
+                        help="a known-deviation ledger applied besides the built-in spec/deviations.toml, "
+                             "repeatable (a project's own, beside its plug-ins); 'none' drops the built-in one")
         sp.add_argument("--timeout", type=float, default=Limits.example, metavar="SECONDS",
                         help="an example that takes longer ends its cell as error, and its worker is replaced "
                              "(default %(default)g)")
@@ -187,8 +188,9 @@ def _parser() -> argparse.ArgumentParser:
                                             "results")
     df.add_argument("files", nargs="+", metavar="RESULTS",
                     help="results files (runs' or merged); a folder means its results-*.json files")
-    df.add_argument("--ledger", default=str(deviations.LEDGER),
-                    help="known-deviation ledger (default: the repository's spec/deviations.toml)")
+    df.add_argument("--ledger", action="append", default=[], metavar="FILE",
+                    help="a known-deviation ledger besides the built-in spec/deviations.toml, repeatable; "
+                         "'none' drops the built-in one")
     df.add_argument("--readme", metavar="FILE",
                     help="put the table into FILE between its marker lines instead of printing it")
     df.set_defaults(func=cmd_differences)
@@ -290,17 +292,28 @@ def _printer(width: int) -> Callable[[CellResult], None]:
     return lambda cell: print(format_cell(cell, width), flush=True)
 
 
-def _ledger(path: str, probed: list[ImplRef] | None = None) -> list:
-    """The known-deviation ledger, read and checked once, before anything runs (a bad entry is a usage error).
+#: The --ledger value that drops the built-in ledger.
+NO_LEDGER = "none"
+
+
+def ledgers(given: list[str], probed: list[ImplRef] | None = None) -> list:
+    """The known-deviation ledgers (the built-in one, unless `--ledger none`, and each --ledger file), read and
+    checked once, before anything runs (a bad entry is a usage error).
 
     Names are checked against the built-ins, and against `probed` (entry points imported in a worker)."""
-    if not os.path.exists(path) or os.path.isdir(path):  # /dev/null is a fine empty ledger
-        raise UsageError(f"no ledger file {path!r} (--ledger)")
-    ledger = deviations.load(path)
+    paths = ([] if NO_LEDGER in given else [str(deviations.LEDGER)]) + [p for p in given if p != NO_LEDGER]
+    for path in paths:
+        if not os.path.exists(path) or os.path.isdir(path):  # /dev/null is a fine empty ledger
+            raise UsageError(f"no ledger file {path!r} (--ledger: a TOML file, or {NO_LEDGER!r} to drop the "
+                             f"built-in one)")
+    ledger = deviations.load_all(paths)
+    plugins = ledger.plugins
     components = list_components()
     if os.environ.get("CONFORMANCE_SPEC_DIR"):  # a folder of some specs: entries for the others do not apply
         ledger = [d for d in ledger if d.component in components]
+        plugins = [p for p in plugins if p.component in components]
     deviations.check_against_specs(ledger, {s.component: s for s in _specs(None)})
+    deviations.check_plugins(plugins, shipped())
     if probed is not None:
         deviations.check_names(ledger, [*shipped(), *probed])
     return ledger
@@ -309,7 +322,8 @@ def _ledger(path: str, probed: list[ImplRef] | None = None) -> list:
 def _ledger_names_others(ledger: list) -> bool:
     """Whether an entry names an implementation that is not built in (an entry point's, to be imported)."""
     known = {(r.component, r.label) for r in shipped()}
-    return any((d.component, d.implementation) not in known for d in ledger)
+    return any((d.component, d.implementation) not in known and not deviations.names_plugin(d.implementation)
+               for d in ledger)
 
 
 def _check_run_args(args: argparse.Namespace) -> Limits:
@@ -425,7 +439,7 @@ def _deferred_signals() -> Any:
 def cmd_check(args: argparse.Namespace) -> int:
     limits = _check_run_args(args)
     spec = _specs([args.component])[0]  # a malformed spec is the first error reported, before the ledger
-    ledger = _ledger(args.ledger)
+    ledger = ledgers(args.ledger)
     example = parse_example(spec, args.example) if args.example else None
     _examples(args)
     if args.output:
@@ -433,7 +447,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     with Pool(jobs=args.jobs, limits=limits) as pool:
         probed = entry_point_refs(pool) if _ledger_names_others(ledger) else None
         impl = resolve_ref(pool, spec.component, args.impl, probed)
-        _ledger(args.ledger, probed or [])
+        ledgers(args.ledger, probed or [])
         tasks = _tasks([spec], [impl], args, ledger, example)
         width = _column([impl])
         print(header(width), flush=True)
@@ -445,7 +459,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     limits = _check_run_args(args)
     specs = _specs(args.component)
-    ledger = _ledger(args.ledger)
+    ledger = ledgers(args.ledger)
     known = sorted({r.framework for r in shipped()})
     for f in args.framework or []:
         if f not in known:
@@ -455,7 +469,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_output(args.output)
     with Pool(jobs=args.jobs, limits=limits) as pool:
         probed = entry_point_refs(pool)
-        _ledger(args.ledger, probed)
+        ledgers(args.ledger, probed)
         impls = [ImplRef.of(r) for r in shipped()] + probed
         impls = [r for r in impls if r.component in {s.component for s in specs}
                  and (not args.framework or r.framework in args.framework)]
@@ -547,7 +561,7 @@ def cmd_differences(args: argparse.Namespace) -> int:
     from conformance import differences
     from conformance.atomic import atomic_write
 
-    ledger = _ledger(args.ledger)
+    ledger = ledgers(args.ledger)
     documents = [load_results(path) for path in _results_files(args.files)]
     table = differences.from_documents(ledger, documents)
     if not args.readme:

@@ -19,6 +19,23 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     parts          = ["forward", "gradients"]   # optional: what it covers, the outputs ("forward", the
                                                 #   default) and the cell's gradients (conformance/gradients.py)
 
+`implementation` names a registered implementation, or a plug-in as the
+command line names it: `package.module:attr`, an entry point's name, or
+`file.py:attr`, a path taken from the ledger file's own folder (so that a
+project keeps its ledger beside its plug-ins and passes it with `--ledger`).
+
+A plug-in built on a framework's layer inherits that layer's entries when a
+ledger says so in a `[[plugin]]` table:
+
+    [[plugin]]
+    implementation = "my_attention.py:MyAttention"   # the plug-in, named as above
+    component      = "mha"
+    built_on       = "keras.layers.MultiHeadAttention"  # a registered name of the same component
+
+Its cells are then judged by every entry of that layer as if it named the
+plug-in (results name the inherited entry by its own id), besides the
+plug-in's own entries.
+
 `bound` says how far the deviation may go, one of:
 
     "region"        only inside the condition's region: every element outside it is held to its budget
@@ -53,9 +70,10 @@ outputs, not gradients).
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
@@ -72,6 +90,8 @@ SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices
 #: What an entry may cover (`parts`): the outputs, and the gradient checks.
 PARTS = ("forward", "gradients")
 OPTIONAL = ("reference", "seen_on", *SCOPES, "parts")
+#: The fields of a `[[plugin]]` table: a plug-in that inherits the entries of the layer it is built on.
+PLUGIN_FIELDS = ("implementation", "component", "built_on")
 
 
 class LedgerError(UsageError):
@@ -141,6 +161,15 @@ class Deviation:
     seen_on: Mapping[str, str] = field(default_factory=dict)
     scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # SCOPES field -> the values listed
     parts: tuple[str, ...] = ("forward",)  # of PARTS
+    origin: str = ""  # the ledger file's folder, from which a plug-in's `file.py:attr` is found
+    inherited_from: str | None = None  # for an entry a plug-in inherits (`[[plugin]]`): the layer's name
+
+    def names(self, label: str) -> bool:
+        """Whether the entry is about the implementation results label `label` (a plug-in's `file.py:attr`
+        as the command line gave it, found from the working folder; the entry's, from its ledger's)."""
+        return self.implementation == label or (
+            is_file_target(label) and is_file_target(self.implementation)
+            and file_key(self.implementation, self.origin) == file_key(label, os.getcwd()))
 
     def applies(self, *, dtype: str, backend: str | None, device: str, mode: str) -> bool:
         """Whether the entry covers this cell; a field it does not give covers every value."""
@@ -151,7 +180,19 @@ class Deviation:
         return conditions.holds(self.component, self.condition, example, inputs)
 
 
-def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Deviation]:
+def is_file_target(name: str) -> bool:
+    """Whether an implementation's name is a plug-in file's `path/to/file.py:attr`."""
+    module, sep, _ = name.rpartition(":")
+    return bool(sep) and (module.endswith(".py") or os.sep in module)
+
+
+def file_key(name: str, folder: str) -> tuple[str, str]:
+    """A plug-in file's `path:attr` as (the file's absolute path, attr), a relative path taken from `folder`."""
+    module, _, attr = name.rpartition(":")
+    return os.path.abspath(os.path.join(folder or os.getcwd(), os.path.expanduser(module))), attr
+
+
+def parse(entries: list[Mapping[str, Any]], source: str = "ledger", origin: str = "") -> list[Deviation]:
     """Ledger entries (the `deviation` tables) checked and turned into Deviations."""
     parsed, seen = [], set()
     valid = f"required: {', '.join(REQUIRED)}; optional: {', '.join(OPTIONAL)}"
@@ -203,15 +244,90 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger") -> list[Devi
                               f"\"gradients\" bounds them by a dtype (\"float32\") or a number of eps (\"3e5 eps\")")
         parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
                                 tuple(sections), entry["explanation"], bound, entry.get("reference"),
-                                dict(entry.get("seen_on", {})), scope, tuple(dict.fromkeys(parts))))
+                                dict(entry.get("seen_on", {})), scope, tuple(dict.fromkeys(parts)), origin))
     return parsed
 
 
+@dataclass(frozen=True)
+class Inheritance:
+    """A `[[plugin]]` table: `implementation` (of `component`) inherits the entries of the layer `built_on`."""
+
+    implementation: str
+    component: str
+    built_on: str
+    origin: str = ""
+    source: str = "ledger"
+
+
+def parse_plugins(tables: Any, source: str = "ledger", origin: str = "") -> list[Inheritance]:
+    """The `[[plugin]]` tables of a ledger file, checked."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise LedgerError(f"{source}: 'plugin' must be [[plugin]] tables, each with {', '.join(PLUGIN_FIELDS)}")
+    found = []
+    for n, table in enumerate(tables):
+        name = f"{source} [[plugin]] #{n + 1}"
+        wrong = sorted(set(table) ^ set(PLUGIN_FIELDS))
+        if wrong or not all(isinstance(table[k], str) for k in PLUGIN_FIELDS):
+            raise LedgerError(f"{name}: it has exactly the string fields {', '.join(PLUGIN_FIELDS)}"
+                              f"{'; not so: ' + ', '.join(wrong) if wrong else ''}")
+        found.append(Inheritance(table["implementation"], table["component"], table["built_on"], origin, source))
+    return found
+
+
+def inherit(ledger: list[Deviation], plugins: list[Inheritance]) -> list[Deviation]:
+    """`ledger` and, for each plug-in built on a layer, a copy of each of that layer's entries naming it."""
+    copies = [replace(d, implementation=p.implementation, origin=p.origin, inherited_from=d.implementation)
+              for p in plugins for d in ledger
+              if d.component == p.component and d.implementation == p.built_on and d.inherited_from is None]
+    return [*ledger, *copies]
+
+
 def load(path: Path | str = LEDGER) -> list[Deviation]:
-    """Every entry of a ledger file; no file means no entries."""
+    """Every entry of a ledger file, with those its `[[plugin]]` tables inherit; no file means no entries."""
+    entries, plugins = read(path)
+    return inherit(entries, plugins)
+
+
+class Ledger(list):
+    """Entries (inherited ones included), and the `[[plugin]]` tables they were inherited by."""
+
+    plugins: list[Inheritance] = []
+
+
+def load_all(paths: list[Path | str]) -> Ledger:
+    """The entries of several ledger files together (ids unique across them), with those that `[[plugin]]`
+    tables in any of them inherit from entries in any."""
+    entries: list[Deviation] = []
+    plugins: list[Inheritance] = []
+    where: dict[str, str] = {}
+    for path in paths:
+        found, inherits = read(path)
+        for d in found:
+            if d.id in where:
+                raise LedgerError(f"ledger entry {d.id!r} is in both {where[d.id]} and {path}; ids must be unique")
+            where[d.id] = str(path)
+        entries += found
+        plugins += inherits
+    ledger = Ledger(inherit(entries, plugins))
+    ledger.plugins = plugins
+    return ledger
+
+
+def check_plugins(plugins: list[Inheritance], registered: list[Any]) -> None:
+    """Each `[[plugin]]` table builds on a registered implementation of its component."""
+    for p in plugins:
+        names = sorted(r.label for r in registered if r.component == p.component)
+        if p.built_on not in names:
+            raise LedgerError(f"{p.source}: [[plugin]] {p.implementation!r} is built_on {p.built_on!r}, which is not "
+                              f"a registered implementation of {p.component!r}; registered: "
+                              f"{', '.join(names) or 'none (unknown component)'}")
+
+
+def read(path: Path | str) -> tuple[list[Deviation], list[Inheritance]]:
+    """A ledger file's entries and `[[plugin]]` tables, checked; no file means none."""
     path = Path(path)
     if not path.exists():
-        return []
+        return [], []
     try:
         with path.open("rb") as f:
             document = tomllib.load(f)
@@ -221,16 +337,19 @@ def load(path: Path | str = LEDGER) -> list[Deviation]:
         raise LedgerError(f"{path} is not valid TOML: it is not UTF-8 text") from None
     except OSError as e:
         raise LedgerError(f"cannot read the ledger {path}: {e.strerror or e}") from None
-    unknown = sorted(set(document) - {"deviation"})
+    unknown = sorted(set(document) - {"deviation", "plugin"})
     if unknown:
-        raise LedgerError(f"{path}: unknown top-level keys {', '.join(unknown)}; entries are [[deviation]] tables")
-    return parse(document.get("deviation", []), source=str(path))
+        raise LedgerError(f"{path}: unknown top-level keys {', '.join(unknown)}; entries are [[deviation]] tables, "
+                          f"and a plug-in built on a layer is a [[plugin]] table")
+    folder = str(path.resolve().parent) if path.is_file() else ""
+    return (parse(document.get("deviation", []), source=str(path), origin=folder),
+            parse_plugins(document.get("plugin", []), source=str(path), origin=folder))
 
 
 def entries_for(ledger: list[Deviation], component: str, implementation: str, *, dtype: str,
                 backend: str | None, device: str, mode: str) -> list[Deviation]:
     """The entries that cover one cell."""
-    return [d for d in ledger if d.component == component and d.implementation == implementation
+    return [d for d in ledger if d.component == component and d.names(implementation)
             and d.applies(dtype=dtype, backend=backend, device=device, mode=mode)]
 
 
@@ -279,13 +398,27 @@ def check_against_specs(ledger: list[Deviation], specs: dict[str, Any]) -> None:
                                   f"outputs the deviation gives") from None
 
 
+def names_plugin(name: str) -> bool:
+    """Whether an entry's `implementation` names a plug-in by its target (`module:attr`, `file.py:attr`)."""
+    return ":" in name
+
+
 def check_names(ledger: list[Deviation], registered: list[Any]) -> None:
-    """Every entry names a registered implementation of its component (a typo would cover nothing)."""
+    """Every entry names a registered implementation of its component (a typo would cover nothing), or a
+    plug-in's file that exists; a plug-in inherits from a registered layer of its component."""
     for d in ledger:
         names = sorted(r.label for r in registered if r.component == d.component)
         if not names:
             known = sorted({r.component for r in registered})
             raise LedgerError(f"ledger entry {d.id!r}: unknown component {d.component!r}; known: {', '.join(known)}")
+        if is_file_target(d.implementation):
+            path = file_key(d.implementation, d.origin)[0]
+            if not os.path.isfile(path):
+                raise LedgerError(f"ledger entry {d.id!r} names the plug-in {d.implementation!r}, but there is no "
+                                  f"file {path} (a plug-in's file is found from the ledger's folder)")
+            continue
+        if names_plugin(d.implementation):  # module:attr, imported only when a cell runs it
+            continue
         if d.implementation not in names:
             raise LedgerError(f"ledger entry {d.id!r}: {d.component} has no implementation {d.implementation!r}; "
                               f"registered: {', '.join(names)}")

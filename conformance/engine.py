@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import math
 import os
 import platform
 import random
 import shlex
+import sys
 import tempfile
 import time
 import traceback
@@ -37,12 +39,12 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, t
 from hypothesis.errors import Flaky, Unsatisfiable
 from hypothesis import seed as hypothesis_seed
 
-from conformance import conditions, deviations, evidence, generate, gradients, properties, tolerances
+from conformance import causes, conditions, deviations, evidence, generate, gradients, plugin, properties, tolerances
 from conformance.deviations import Deviation
 from conformance.spec import Example, Spec, Tensor, evaluate, expression_names
 from conformance.tolerances import DTYPE_CONSTANTS, dtype_constants, finfo
 from conformance.registry import Registered
-from conformance.vocabulary import DEVICES, DTYPES, MODES, Held, numpy_dtype, Property, Verdict
+from conformance.vocabulary import DEVICES, DTYPES, MODES, SHIPPED, Held, numpy_dtype, Property, Verdict
 from impls import compilation_cache_dir
 
 
@@ -231,6 +233,7 @@ class CellResult:
     outputs_compared: list[str] = field(default_factory=list)  # all the spec's, or those the implementation returns
     skipped: int = 0  # examples whose layer config the implementation cannot express (its `supports`)
     skip_reason: str | None = None  # the implementation's reason, for the first of them
+    examples_asked: int | None = None  # --examples (or the profile's); None for a replay of one example
     known_deviations: int = 0  # examples a ledger entry covers, on which it deviated as recorded
     deviation: str | None = None  # the ledger entry's id, when known_deviations > 0
     repro: str | None = None
@@ -347,6 +350,7 @@ class Runner:
             raise ConfigUnsupported(reason)
         extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
         try:
+            framework_setup(self.impl, self.dtype)
             return self.impl.load().build(dict(config), dtype=self.dtype, device=self.device, **extra)
         except Exception as e:
             raise NonConformance(f"build raised {_describe_exception(e)}") from None
@@ -360,7 +364,7 @@ class Runner:
         An example with `after` (a replay of such a failure) runs on a fresh instance after those examples."""
         self.progress(Event.EXAMPLE, point(example))
         config = generate.layer_config(self.spec, example)
-        reason = self.impl.unsupported_config(config)
+        reason = self.impl.unsupported_config(config, example)
         if reason is not None:  # before the arrays and the reference: a narrow layer rejects most draws
             raise ConfigUnsupported(reason)
         weights, inputs = generate.make_arrays(self.spec, example)
@@ -828,13 +832,49 @@ def _describe_exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
+def framework_setup(impl: Registered, dtype: str) -> None:
+    """Before a build: a plug-in gets its framework set up for the dtype (conformance/plugin.py: setup); ours
+    set themselves up, and find torch's default dtype as it is by default."""
+    if impl.source != SHIPPED:
+        plugin.setup(impl.framework, dtype)
+    elif "torch" in sys.modules:
+        sys.modules["torch"].set_default_dtype(sys.modules["torch"].float32)
+
+
 def repro_command(component: str, impl: str, dtype: str, device: str, example: Mapping[str, Any] | None,
                   mode: str = "eager") -> str:
+    """The command that replays `example` in one cell; for an implementation the command line cannot name
+    (an object whose class has no importable name), a line saying so, with the Python call that replays it."""
+    why = unreplayable(impl)
+    if why is not None:
+        call = (f"conformance.check({component!r}, <the object>, dtypes=[{dtype!r}], devices=[{device!r}], "
+                f"modes=[{mode!r}]" + (f", example={json.dumps(dict(example), separators=(',', ':'))}"
+                                       if example is not None else "") + ")")
+        return f"no command replays it: {why}; in Python: {call}"
     parts = ["conformance", "check", component, "--impl", impl, "--dtype", dtype, "--device", device,
              "--mode", mode]
     if example is not None:
         parts += ["--example", json.dumps(dict(example), separators=(",", ":"))]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def unreplayable(impl: str) -> str | None:
+    """Why `--impl impl` could not load the implementation again, or None where it could (a registered name,
+    a plug-in file that exists, a module:attr whose module is found and whose attr is a plain name)."""
+    module, sep, attr = impl.rpartition(":")
+    if not sep:
+        return None
+    if "<locals>" in attr:
+        return f"{impl} is defined inside a function"
+    if module == "__main__":
+        return f"{impl} is defined in a script run as __main__"
+    if module.endswith(".py") or os.sep in module:
+        return None if os.path.isfile(module) else f"there is no file {module}"
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    return None if found is not None else f"no module {module!r} is importable by that name"
 
 
 def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager", *,
@@ -864,6 +904,7 @@ def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = 
                         progress)
         result.outputs_compared = list(runner.outputs)
         result.k = tolerances.K[dtype]
+        result.examples_asked = None if example is not None else max_examples
         _run(runner, result, max_examples=max_examples, seed=seed, example=example, shrink=shrink)
     except Exception as e:  # the harness could not run this cell (e.g. the framework failed to import)
         result.verdict, result.reason = Verdict.ERROR, _describe_exception(e)
@@ -1000,10 +1041,28 @@ class Recorder:
         if result.first_failure is None and what != "ledger":
             result.first_failure = self.attempts
         result.verdict, result.reason = Verdict.NON_CONFORMANT, f"{what}: {e.reason}"
+        cause = self._likely_cause(ex, e, arrays) if what == "example" else None
+        if cause:
+            result.reason += f"; likely cause: {cause}"
         result.sections = [f"{self.spec.component} §{s}" for s in e.sections]
         result.counterexample = ex
         result.evidence = evidence.keep(arrays, self.spec) if arrays else None
         result.repro = self._repro(ex)
+
+    def _likely_cause(self, ex: Mapping[str, Any] | None, e: NonConformance,
+                      arrays: Mapping[str, Any] | None) -> str | None:
+        """conformance/causes.py on the failing example's arrays; None where none fits (or the search for
+        one failed: it never changes the verdict)."""
+        if ex is None or not arrays or arrays.get("outputs") is None:
+            return None
+        runner, saved = self.runner, self.runner.last
+        runner.last = arrays
+        try:
+            return causes.likely(runner, ex, e)
+        except Exception:
+            return None
+        finally:
+            runner.last = saved
 
     def finish(self) -> None:
         """Every example ran without failing: stale ledger entries, known deviations, or a pass."""

@@ -18,6 +18,13 @@ conformance/evidence.py's bounded format), and ends the cell's gradient
 checks; the forward search goes on. The cell's gradient verdict is apart from
 its forward verdict: `unsupported` where the implementation gives no `vjp`.
 
+An example whose reference gradients, or their bounds, leave the dtype's
+range (a value above its largest number over `engine.RANGE_HEADROOM`, or a
+bound that overflows: a layer norm over values far from their mean in
+bfloat16, whose gradients no implementation in that dtype can give to any
+accuracy) is skipped for the gradients, counted with its reason, and the
+next passing example is checked in its place.
+
 Ledger entries whose `parts` list "gradients" (conformance/deviations.py)
 cover the gradient checks of their cells: an example whose gradients go past
 their budgets but within a covering entry's bound is a known deviation (the
@@ -47,9 +54,13 @@ EVERY = 4
 POOLED_SHAPES = 1
 #: The dtypes whose gradient budgets have been calibrated (spec/README.md, "Gradients"); in the others a cell's
 #: gradients are unsupported, with the reason, until they are.
-DTYPES = ("float64", "float32")
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: The key a replayed example carries to check its gradients whatever `EVERY` says.
 REPLAY_KEY = "gradients"
+
+
+class GradientSkip(Exception):
+    """An example whose gradients cannot be judged in the cell's dtype (outside its range): skipped."""
 
 
 class GradientFailure(Exception):
@@ -69,6 +80,8 @@ class GradientRecord:
     # (no vjp, or no gradient table), or not-checked (no example passed the reference comparison to start from)
     verdict: str = Held.NOT_CHECKED.value
     examples: int = 0  # examples whose gradients were compared
+    skipped: int = 0  # examples due for the gradients but outside the dtype's range for them
+    skip_reason: str | None = None  # the first such example's
     known_deviations: int = 0  # of them, those that deviated within a covering ledger entry's bound
     deviation: str | None = None  # that entry's id (the first, where several held one)
     max_error: dict[str, float] = field(default_factory=dict)  # eps units, per gradient
@@ -111,6 +124,7 @@ class GradientChecks:
         self.runner, self.spec = runner, runner.spec
         self.record = GradientRecord()
         self.passed = 0  # examples that passed the reference comparison, of which one in EVERY checks
+        self.owed = False  # a due example was skipped: the next passing one checks in its place
         self.shapes: set[tuple] = set()  # where shapes compile: those whose examples check the gradients
         self.reference = importlib.import_module(f"impls.numpy.{self.spec.component}") if self.spec.gradients else None
         self.offered: bool | None = None  # whether the instances give vjp, once one has been seen
@@ -131,8 +145,9 @@ class GradientChecks:
             if shapes not in self.shapes and len(self.shapes) >= POOLED_SHAPES:
                 return False
         self.passed += 1
-        if (self.passed - 1) % EVERY:
+        if (self.passed - 1) % EVERY and not self.owed:
             return False
+        self.owed = False
         if self.runner.pooled:
             self.shapes.add(shapes)
         return True
@@ -153,6 +168,10 @@ class GradientChecks:
             self.record.verdict = Verdict.UNSUPPORTED.value
             self.record.reason = f"{self.runner.impl.label}'s vjp: {e}"
             return
+        except GradientSkip as e:
+            self.owed = True
+            self.record.skipped += 1
+            self.record.skip_reason = self.record.skip_reason or str(e)
         except GradientFailure as e:
             self.done = True
             record = self.record
@@ -170,8 +189,10 @@ class GradientChecks:
         config = generate.layer_config(spec, example)
         as64 = lambda arrays: generate.cast(arrays, "float64")
         everything = {n: np.zeros(np.shape(outputs[n])) for n in spec.outputs if spec.outputs[n].dtype == "float"}
-        reference = self.reference.backward(config, as64(weights), as64(inputs), {**everything, **as64(cotangents)},
-                                            eps=tolerances.EPS[dtype])
+        with np.errstate(over="ignore", invalid="ignore"):  # a bound that overflows is skipped (in_range)
+            reference = self.reference.backward(config, as64(weights), as64(inputs),
+                                                {**everything, **as64(cotangents)}, eps=tolerances.EPS[dtype])
+        self.in_range(reference, dtype)
         self.arrays = {"cotangents": cotangents, "gradients": None,
                        "reference": {name: want.value for name, want in reference.items()}}
         try:
@@ -195,9 +216,10 @@ class GradientChecks:
                 raise
             for entries in deviations.tries(covering):
                 measure, eps = deviations.widest(entries, dtype)
-                bounded = reference if measure == dtype else self.reference.backward(
-                    config, as64(weights), as64(inputs), {**everything, **as64(cotangents)},
-                    eps=tolerances.EPS[measure])
+                with np.errstate(over="ignore", invalid="ignore"):
+                    bounded = reference if measure == dtype else self.reference.backward(
+                        config, as64(weights), as64(inputs), {**everything, **as64(cotangents)},
+                        eps=tolerances.EPS[measure])
                 try:
                     self._judge(bounded, got, dtype, measure=measure, allowed_eps=eps)
                 except GradientFailure:
@@ -214,6 +236,22 @@ class GradientChecks:
             self.record.ratio[name] = max(self.record.ratio.get(name, 0.0), ratio)
         self.record.examples += 1
         self.record.max_ratio = max(self.record.max_ratio or 0.0, worst)
+
+    @staticmethod
+    def in_range(reference: Mapping[str, Any], dtype: str) -> None:
+        """GradientSkip where a reference gradient or its bound leaves `dtype`'s range (the module's doc)."""
+        from conformance.engine import RANGE_HEADROOM
+
+        limit = float(tolerances.finfo(dtype).max) / RANGE_HEADROOM
+        for name, want in reference.items():
+            value, bound = np.abs(want.value), want.bound * tolerances.EPS[dtype]
+            if value.size and not np.max(value) <= limit:
+                raise GradientSkip(f"example outside {dtype}'s range for the gradients: {name} reaches "
+                                   f"{np.max(value):.3g}, above {limit:.3g} (its largest number / "
+                                   f"{RANGE_HEADROOM:g})")
+            if bound.size and not np.all(np.isfinite(bound)):
+                raise GradientSkip(f"example outside {dtype}'s range for the gradients: the error bound of {name} "
+                                   f"overflows (no {dtype} arithmetic determines it)")
 
     def _judge(self, reference: Mapping[str, Any], got: Mapping[str, Any], dtype: str, *,
                measure: str | None = None, allowed_eps: float | None = None) -> tuple[float, dict]:
@@ -258,6 +296,8 @@ class GradientChecks:
         elif self.reference is None:
             self.record.verdict = Verdict.UNSUPPORTED.value
             self.record.reason = f"spec/{self.spec.component}.md has no gradient table yet"
+        elif self.record.verdict == Held.NOT_CHECKED.value and self.record.skipped:
+            self.record.reason = f"every example due for the gradients was skipped: {self.record.skip_reason}"
         elif self.record.verdict == Held.NOT_CHECKED.value:
             self.record.reason = "no example passed the reference comparison to start from"
         elif self.record.verdict == Verdict.CONFORMANT.value:

@@ -99,10 +99,16 @@ class Registered:
                              f"subset of the spec's: {', '.join(spec_outputs)}")
         return tuple(declared)
 
-    def unsupported_config(self, config: Mapping[str, Any]) -> str | None:
-        """Why this implementation cannot express `config`, or None when it can (or does not say)."""
+    def unsupported_config(self, config: Mapping[str, Any], example: Mapping[str, Any] | None = None) -> str | None:
+        """Why this implementation cannot run `config` (or, where its `supports` takes the example too, this
+        example: its data parameters such as the mask kind and the lengths), or None when it can (or does not
+        say). Without an example, a `supports` that wants one is not asked (the example was, before)."""
         supports = getattr(self.load(), "supports", None)
-        return supports(config) if callable(supports) else None
+        if not callable(supports):
+            return None
+        if _takes_example(supports):
+            return None if example is None else supports(config, dict(example))
+        return supports(config)
 
     def compiles_per_shape(self, mode: str) -> bool:
         """Whether each new input shape costs a compilation in `mode`: by default, in the compiled mode only."""
@@ -163,10 +169,10 @@ def load_target(target: str) -> Any:
         path = Path(module_name)
         if not path.is_file():
             raise UsageError(f"no such file {module_name!r} (from {target!r})")
-        # like running a script: the file's folder is importable, so it can import its neighbours
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
+        # like running a script, the file can import its neighbours; but the folder is searched after every
+        # installed module, and the plug-in's own file is not among the neighbours, so that a plug-in named
+        # like a module a library looks for (jax_plugins.py) shadows nothing
+        neighbours(path.resolve())
         spec = importlib.util.spec_from_file_location(f"_conformance_plugin_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         try:
@@ -194,6 +200,50 @@ def load_target(target: str) -> Any:
             raise UsageError(f"cannot construct {target!r} (it is called with no arguments): "
                              f"{_failure(e, obj)}") from None
     return obj
+
+
+def _takes_example(supports: Any) -> bool:
+    """Whether `supports` is `supports(config, example)` rather than `supports(config)`."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(supports).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+class _Neighbours:
+    """A finder, last on sys.meta_path, for the top-level modules of plug-in files' folders, other than the
+    plug-in files themselves (which load under private names)."""
+
+    def __init__(self) -> None:
+        self.folders: list[str] = []
+        self.own: set[tuple[str, str]] = set()  # (folder, module name) of the plug-in files
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or "." in name:  # a submodule: its package's own path finds it
+            return None
+        from importlib.machinery import PathFinder
+
+        for folder in self.folders:
+            if (folder, name) not in self.own and (found := PathFinder.find_spec(name, [folder])) is not None:
+                return found
+        return None
+
+
+_NEIGHBOURS = _Neighbours()
+
+
+def neighbours(plugin: Path) -> None:
+    """Make the modules beside the plug-in file `plugin` importable, after every installed one."""
+    folder = str(plugin.parent)
+    if folder not in _NEIGHBOURS.folders:
+        _NEIGHBOURS.folders.append(folder)
+    _NEIGHBOURS.own.add((folder, plugin.stem))
+    if _NEIGHBOURS not in sys.meta_path:
+        sys.meta_path.append(_NEIGHBOURS)
 
 
 def _failure(e: BaseException, cls: type | None = None) -> str:

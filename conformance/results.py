@@ -103,6 +103,12 @@ def format_cell(c: CellResult, width: int = 24) -> str:
             f"{c.examples:>5} {ratio:>9} {time}")
     clause, failure = _gradients(c.gradients)
     head += clause
+    if c.skipped:
+        head += f"  ({c.skipped} skipped)"
+    asked = getattr(c, "examples_asked", None)
+    if asked and c.examples < asked and c.verdict in (Verdict.CONFORMANT, Verdict.KNOWN_DEVIATION):
+        why = f"; {c.skipped} draws were skipped: {c.skip_reason}" if c.skipped else ""
+        failure = [f"    warning: {c.examples} of the {asked} examples asked for ran{why}", *failure]
     if c.verdict in (Verdict.CONFORMANT, Verdict.UNSUPPORTED, Verdict.NOT_AVAILABLE):  # the reason of the latter two is in the file
         return "\n".join([head, *failure])
     lines = [head, f"    {c.reason}"]
@@ -141,7 +147,9 @@ def _gradients(gradients: dict[str, Any]) -> tuple[str, list[str]]:
     verdict = gradient_verdict(gradients)
     if verdict == Verdict.CONFORMANT:
         ratio = gradients.get("max_ratio")
-        return f"  gradients: conformant {'-' if ratio is None else f'{ratio:.3g}'}", []
+        skipped = gradients.get("skipped") or 0  # examples outside the dtype's range for the gradients
+        return (f"  gradients: conformant {'-' if ratio is None else f'{ratio:.3g}'}"
+                f"{f' ({skipped} out of range)' if skipped else ''}", [])
     if verdict == Verdict.KNOWN_DEVIATION:
         return f"  gradients: known-deviation ({gradients.get('deviation')})", []
     if verdict != Verdict.NON_CONFORMANT:  # unsupported or not checked: the file says why

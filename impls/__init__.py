@@ -21,7 +21,11 @@ and optionally:
     supports(config) -> str | None # None if it can express this layer config, else the reason it
                                    # cannot; such examples are skipped and counted, not failed. Make
                                    # the reason a fixed phrase per limit (results group by it), e.g.
-                                   # "num_heads * d_head != d_model"
+                                   # "num_heads * d_head != d_model". Or supports(config, example):
+                                   # the whole drawn example too (its data parameters: mask kind,
+                                   # B, T, ...), for a limit on the data rather than the layer. A
+                                   # cell shows how many it skipped, and warns when fewer examples
+                                   # ran than were asked for
     compiles_per_shape(mode) -> bool
                                    # whether each new input shape costs a compilation in `mode`;
                                    # defaults to True for "compiled", False for "eager". Keras on

@@ -78,24 +78,32 @@ CASES = {
     "--resume without -o": (lambda t: [*CHECK, "--resume"], "--resume needs --output"),
     "ledger deviation = 1": (lambda t: [*CHECK, "--ledger", str(_write(t / "l.toml", b"deviation = 1\n"))],
                              "'deviation' is int, not a list of tables"),
-    "ledger seen_on = 5": (lambda t: [*CHECK, "--ledger", _ledger_with(t, 'seen_on = { torch = "2.13.0" }',
+    "ledger seen_on = 5": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(t, 'seen_on = { torch = "2.13.0" }',
                                                                        "seen_on = 5")],
                            "seen_on has the wrong type"),
-    "ledger reference = 3": (lambda t: [*CHECK, "--ledger", _ledger_with(
+    "ledger reference = 3": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
         t, 'reference = "https://github.com/pytorch/pytorch/issues/160064"', "reference = 3")],
         "reference has the wrong type"),
-    "ledger names a section its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
+    "ledger names a section its spec lacks": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
         t, 'sections = ["7.4"]', 'sections = ["7.4", "99"]')], "names section 99 of mha, which"),
-    "ledger names a condition its spec lacks": (lambda t: [*CHECK, "--ledger", _ledger_with(
+    "ledger names a condition its spec lacks": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
         t, 'condition = "fully_masked_query_row"', 'condition = "padded_position"')],
         "unknown condition 'padded_position'; valid for mha: always, fully_masked_query_row, "
         "score_scale_inexact_in_float32"),
-    "ledger parts names an unknown part": (lambda t: [*CHECK, "--ledger", _ledger_with(
+    "ledger parts names an unknown part": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
         t, 'parts = ["forward", "gradients"]', 'parts = ["forward", "backward"]')],
         "parts is ['forward', 'backward']; it is a non-empty list of: forward, gradients"),
-    "ledger covers gradients with a region": (lambda t: [*CHECK, "--ledger", _ledger_with(
+    "ledger covers gradients with a region": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
         t, 'sections = ["7.4"]', 'sections = ["7.4"]\nparts = ["gradients"]')],
         "bound 'region' cannot cover gradients; an entry whose parts list \"gradients\" bounds them by a dtype"),
+    "ledger id also in the built-in ledger": (lambda t: [*CHECK, "--ledger", _ledger_with(t, "", "")],
+                                              "is in both"),
+    "ledger names a plug-in file that is not there": (lambda t: [*CHECK, "--ledger", "none", "--ledger", _ledger_with(
+        t, 'implementation = "torch.nn.MultiheadAttention"', 'implementation = "absent.py:Attention"')],
+        "names the plug-in 'absent.py:Attention', but there is no file"),
+    "ledger [[plugin]] missing built_on": (lambda t: [*CHECK, "--ledger", str(_write(
+        t / "l.toml", b'[[plugin]]\nimplementation = "x.py:A"\ncomponent = "mha"\n'))],
+        "it has exactly the string fields implementation, component, built_on; not so: built_on"),
     "ledger not UTF-8": (lambda t: [*CHECK, "--ledger", str(_write(t / "l.toml", b"\xff\xfe[[deviation]]\n"))],
                          "is not valid TOML: it is not UTF-8 text"),
     "-o an existing directory": (lambda t: [*CHECK, "-o", str(t)], "is a directory; give a file path"),
