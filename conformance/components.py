@@ -23,12 +23,14 @@ from conformance.vocabulary import UsageError
 
 @dataclass(frozen=True)
 class Layer:
-    """A framework's own layer, adapted in impls/<framework>/builtin_*.py: the name results give it (the
-    adapter class's `name`), its framework, and the adapter as "module:Class"."""
+    """A framework's or library's own layer, adapted in impls/<framework>/: the name results give it (the
+    adapter class's `name`), its framework, the adapter as "module:Class", and the modules it needs beyond
+    the framework's (a library such as transformers: without it the layer is listed as not installed)."""
 
     name: str
     framework: str
     target: str
+    requires: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from impls import OUR_FRAMEWORKS
 ENTRY_POINT_GROUP = "conformance.implementations"
 
 # Which importable modules a framework needs. Keras also needs its backend.
-FRAMEWORK_MODULES = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras",)}
+FRAMEWORK_MODULES = {"numpy": ("numpy",), "torch": ("torch",), "keras": ("keras",), "jax": ("jax",)}
 
 
 def keras_backend() -> str:
@@ -51,9 +51,10 @@ class Registered:
     target: str  # "module:attr" or "path/file.py:attr"
     source: str  # SHIPPED (with this project: `shipped`), PLUGIN or ENTRY_POINT (conformance/vocabulary.py)
     _obj: Any = None
+    requires: tuple[str, ...] = ()  # modules it needs beyond its framework's (a library it adapts)
 
     def unavailable_reason(self) -> str | None:
-        missing = missing_modules(self.framework)
+        missing = missing_modules(self.framework) + [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             return f"not installed: {', '.join(missing)}"
         return None
@@ -127,7 +128,7 @@ def shipped() -> list[Registered]:
     present = set(list_components())  # a spec folder of some components ($CONFORMANCE_SPEC_DIR) lists those
     records = [c for c in COMPONENTS if c.id in present]
     ours = [Registered(c.id, fw, fw, c.ours(fw), SHIPPED) for c in records for fw in OUR_FRAMEWORKS]
-    return ours + [Registered(c.id, layer.name, layer.framework, layer.target, SHIPPED)
+    return ours + [Registered(c.id, layer.name, layer.framework, layer.target, SHIPPED, requires=layer.requires)
                    for c in records for layer in c.layers]
 
 
@@ -233,17 +234,55 @@ class _Neighbours:
         return None
 
 
-_NEIGHBOURS = _Neighbours()
+class _Hidden:
+    """A finder, first on sys.meta_path, that keeps plug-in files from being imported under their own names
+    (where their folder is on sys.path anyway, as the working folder is) by code outside their folder: such
+    a name is looked up in the rest of sys.path only, so that a library looking for a module of that name
+    (JAX for `jax_plugins`) finds what is installed, or nothing, while the plug-in's neighbours may still
+    import it."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, set[str]] = {}  # module name -> the plug-in files of that name
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if path is not None or name not in self.files:
+            return None
+        from importlib.machinery import PathFinder
+
+        folders = {os.path.dirname(f) for f in self.files[name]}
+        if _importer_folder() in folders:
+            return None
+        rest = [p for p in sys.path if os.path.abspath(p or os.curdir) not in folders]
+        found = PathFinder.find_spec(name, rest)
+        if found is None:
+            raise ModuleNotFoundError(f"No module named {name!r} (a plug-in file of that name is not it)", name=name)
+        return found
+
+
+def _importer_folder() -> str | None:
+    """The folder of the file whose import statement is being carried out (the first frame outside the import
+    machinery)."""
+    frame = sys._getframe(2)
+    while frame is not None and (frame.f_code.co_filename.startswith("<") or frame.f_code.co_filename == __file__):
+        frame = frame.f_back
+    return None if frame is None else os.path.dirname(os.path.abspath(frame.f_code.co_filename))
+
+
+_NEIGHBOURS, _HIDDEN = _Neighbours(), _Hidden()
 
 
 def neighbours(plugin: Path) -> None:
-    """Make the modules beside the plug-in file `plugin` importable, after every installed one."""
+    """Make the modules beside the plug-in file `plugin` importable, after every installed one, and the file
+    itself not importable under its own name."""
     folder = str(plugin.parent)
     if folder not in _NEIGHBOURS.folders:
         _NEIGHBOURS.folders.append(folder)
     _NEIGHBOURS.own.add((folder, plugin.stem))
+    _HIDDEN.files.setdefault(plugin.stem, set()).add(str(plugin))
     if _NEIGHBOURS not in sys.meta_path:
         sys.meta_path.append(_NEIGHBOURS)
+    if _HIDDEN not in sys.meta_path:
+        sys.meta_path.insert(0, _HIDDEN)
 
 
 def _failure(e: BaseException, cls: type | None = None) -> str:

@@ -93,6 +93,7 @@ class ImplRef:
     source: str
     payload: bytes | None = None
     module_file: str | None = None
+    requires: tuple[str, ...] = ()  # modules beyond its framework's (Registered.requires)
 
     @property
     def label(self) -> str:
@@ -101,7 +102,7 @@ class ImplRef:
 
     @classmethod
     def of(cls, r: Registered) -> "ImplRef":
-        return cls(r.component, r.name, r.framework, r.target, r.source)
+        return cls(r.component, r.name, r.framework, r.target, r.source, requires=r.requires)
 
     @classmethod
     def of_object(cls, obj: Any) -> "ImplRef":
@@ -120,7 +121,7 @@ class ImplRef:
     def registered(self) -> Registered:
         """In the worker: the implementation, loaded lazily as built-ins and plug-ins are."""
         r = Registered(self.component, self.name, self.framework, self.target,
-                       PLUGIN if self.source == "object" else self.source)
+                       PLUGIN if self.source == "object" else self.source, requires=self.requires)
         if self.payload is not None:
             r._obj = _unpickle(self.payload, self.target.rpartition(":")[0], self.module_file)
         return r
