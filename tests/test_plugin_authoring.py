@@ -5,7 +5,6 @@ helpers invert what the frameworks' layouts do."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
