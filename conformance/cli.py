@@ -144,7 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     ck.set_defaults(func=cmd_check)
 
     rn = sub.add_parser("run", help="the whole matrix: every registered implementation of every component")
-    rn.add_argument("--framework", action="append", help="only implementations in these frameworks (repeatable)")
+    rn.add_argument("--framework", action="append",
+                    help="only implementations in these frameworks (repeatable); a library's adapters go by the "
+                         "library's name (transformers, keras_hub, flax, equinox, onnxruntime), not its framework's")
+    rn.add_argument("--impl", action="append", dest="impls", metavar="NAME",
+                    help="only implementations of this registered name, of any component (repeatable), e.g. "
+                         "transformers.BertLayer")
     rn.add_argument("--component", action="append", help="only these components (repeatable)")
     axis_args(rn)
     rn.add_argument("--output", "-o", default="reports/results.json", help="results file (default %(default)s)")
@@ -460,10 +465,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     limits = _check_run_args(args)
     specs = _specs(args.component)
     ledger = ledgers(args.ledger)
-    known = sorted({r.framework for r in shipped()})
+    known = sorted({r.group for r in shipped()})
     for f in args.framework or []:
         if f not in known:
             raise UsageError(f"unknown framework {f!r}; known: {', '.join(known)}")
+    known_names = {r.name for r in shipped()}
+    for name in args.impls or []:
+        if name not in known_names:
+            raise UsageError(f"unknown implementation {name!r} (--impl); registered: {', '.join(sorted(known_names))}")
     n = _examples(args)
     shard_of = schedule.parse_shard(args.shard) if args.shard else None
     check_output(args.output)
@@ -472,7 +481,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ledgers(args.ledger, probed)
         impls = [ImplRef.of(r) for r in shipped()] + probed
         impls = [r for r in impls if r.component in {s.component for s in specs}
-                 and (not args.framework or r.framework in args.framework)]
+                 and (not args.framework or r.group in args.framework)
+                 and (not args.impls or r.name in args.impls)]
         tasks = _tasks(specs, impls, args, ledger)
         part = ""
         if shard_of is not None:

@@ -18,7 +18,7 @@ import json
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
-from conformance.results import SCHEMA, now
+from conformance.results import SCHEMA, gradients_failed, now
 from conformance.vocabulary import SEVERITY, Slot, UsageError
 
 #: Which cell of a slot speaks for it: failures first, then the largest error; a cell that
@@ -89,10 +89,12 @@ def by_slot(cells: Iterable[dict[str, Any]]) -> dict[Slot, list[dict[str, Any]]]
 
 
 def representative(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The cell that speaks for a slot run in several environments: the worst of those that ran."""
-    def badness(cell: dict[str, Any]) -> tuple[int, float]:
+    """The cell that speaks for a slot run in several environments: the worst of those that ran (by verdict,
+    then non-conformant gradients before any others, then the largest error / budget)."""
+    def badness(cell: dict[str, Any]) -> tuple[int, int, float]:
         ratio = cell["max_ratio"]
-        return _RANK.get(cell["verdict"], 0), -(ratio if ratio is not None and ratio == ratio else 0.0)
+        return (_RANK.get(cell["verdict"], 0), 0 if gradients_failed(cell.get("gradients") or {}) else 1,
+                -(ratio if ratio is not None and ratio == ratio else 0.0))
 
     return min(cells, key=badness)
 

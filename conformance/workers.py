@@ -96,6 +96,12 @@ class ImplRef:
     requires: tuple[str, ...] = ()  # modules beyond its framework's (Registered.requires)
 
     @property
+    def group(self) -> str:
+        """What `run --framework` selects it by: the library it adapts (its first `requires`), else its
+        framework."""
+        return self.requires[0] if self.requires else self.framework
+
+    @property
     def label(self) -> str:
         """How results name it: a plug-in by its target, so that the name alone finds it again."""
         return self.target if self.source in (PLUGIN, "object") else self.name

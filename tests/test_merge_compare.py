@@ -255,6 +255,20 @@ def test_slots_run_in_several_environments_are_judged_by_their_worst(tmp_path, m
     assert regression.key == Slot.of(find(a, component="ffn")) and "now error" in regression.what
 
 
+def test_of_two_environments_alike_in_verdict_the_one_with_failed_gradients_speaks(tmp_path, monkeypatch):
+    a = read(write(tmp_path / "a.json"))
+    _other_machine(monkeypatch)
+    b = read(write(tmp_path / "b.json"))
+    _break_gradients(find(b, component="ffn"))
+    merged = tmp_path / "m.json"
+    for first, second in ((a, b), (b, a)):  # whichever comes first
+        assert main(["merge", str(save(tmp_path / "1.json", first)), str(save(tmp_path / "2.json", second)),
+                     "-o", str(merged)]) == 0
+        result = compare(load_results(save(tmp_path / "a2.json", a)), load_results(merged))
+        [regression] = result.regressions
+        assert "gradients" in regression.what and regression.key == Slot.of(find(a, component="ffn"))
+
+
 # --- bad input files ------------------------------------------------------------------------
 
 def _corrupt(tmp_path):
