@@ -54,6 +54,13 @@ def _bad(*pairs: tuple[dict[str, Any], str]) -> tuple[tuple[Mapping[str, Any], s
     return tuple((MappingProxyType(changed), message) for changed, message in pairs)
 
 
+#: The modules the adapters of each library need beyond their framework's (the first names the library).
+_HF = ("transformers",)
+_KERAS_HUB = ("keras_hub",)
+_FLAX = ("flax",)
+_EQUINOX = ("equinox",)
+_ONNX = ("onnxruntime", "onnx", "onnxscript")
+
 _MHA_ARGS = {"d_model": 4, "num_heads": 2, "d_head": 2, "dropout": 0.0}
 
 COMPONENTS = (
@@ -68,7 +75,9 @@ COMPONENTS = (
          Layer("torch.sdpa", "torch", "impls.torch.builtin_mha:SDPA"),
          Layer("keras.layers.MultiHeadAttention", "keras", "impls.keras.builtin_mha:MultiHeadAttentionScores"),
          Layer("keras.layers.MultiHeadAttention[scores=False]", "keras",
-               "impls.keras.builtin_mha:MultiHeadAttentionNoScores"))),
+               "impls.keras.builtin_mha:MultiHeadAttentionNoScores"),
+         Layer("transformers.eager_attention", "torch", "impls.torch.hf_transformers:EagerAttention", _HF),
+         Layer("transformers.sdpa_attention", "torch", "impls.torch.hf_transformers:SDPAAttention", _HF))),
     Component(
         "ffn", "impls.keras.ffn:FeedForward", MappingProxyType({"d_model": 4, "d_ff": 8}),
         _bad(({"d_ff": 0}, "d_ff must be a positive integer, got 0"),
@@ -96,7 +105,9 @@ COMPONENTS = (
          Layer("torch.nn.TransformerEncoderLayer[fastpath=False]", "torch",
                "impls.torch.builtin_encoder:TransformerEncoderLayerNoFastpath"),
          Layer("torch.nn.TransformerEncoder[nested]", "torch", "impls.torch.builtin_encoder:NestedTransformerEncoder"),
-         Layer("keras.layers.LayerNormalization", "keras", "impls.keras.builtin_encoder:LayerNormalization"))),
+         Layer("keras.layers.LayerNormalization", "keras", "impls.keras.builtin_encoder:LayerNormalization"),
+         Layer("transformers.BertLayer", "torch", "impls.torch.hf_transformers:BertLayerEager", _HF),
+         Layer("transformers.BertLayer[sdpa]", "torch", "impls.torch.hf_transformers:BertLayerSDPA", _HF))),
     Component(
         "lstm_classifier", "impls.keras.lstm_classifier:LSTMClassifier",
         MappingProxyType({"d_in": 2, "hidden": 3, "num_layers": 1, "num_classes": 2}),

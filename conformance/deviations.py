@@ -11,6 +11,8 @@ spec/deviations.toml lists entries, each an `[[deviation]]` table:
     bound          = "region"                       # how far the deviation may go (below)
     explanation    = "..."                          # one sentence
     reference      = "https://..."                  # optional: the upstream issue
+    repro          = "..."                          # optional: a few lines of the library alone that show it
+                                                    #   (a multi-line TOML string), ready to file upstream
     seen_on        = {torch = "2.13.0"}             # optional: versions it was observed with
     dtypes         = ["float64"]                    # optional: only these cells (default: every one);
     backends       = ["torch"]                      #   likewise for the Keras backend, the device
@@ -89,7 +91,7 @@ REQUIRED = ("id", "implementation", "component", "condition", "sections", "expla
 SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices": DEVICES, "modes": MODES}
 #: What an entry may cover (`parts`): the outputs, and the gradient checks.
 PARTS = ("forward", "gradients")
-OPTIONAL = ("reference", "seen_on", *SCOPES, "parts")
+OPTIONAL = ("reference", "repro", "seen_on", *SCOPES, "parts")
 #: The fields of a `[[plugin]]` table: a plug-in that inherits the entries of the layer it is built on.
 PLUGIN_FIELDS = ("implementation", "component", "built_on")
 
@@ -161,6 +163,7 @@ class Deviation:
     seen_on: Mapping[str, str] = field(default_factory=dict)
     scope: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # SCOPES field -> the values listed
     parts: tuple[str, ...] = ("forward",)  # of PARTS
+    repro: str | None = None  # a few lines of the library alone that show the deviation
     origin: str = ""  # the ledger file's folder, from which a plug-in's `file.py:attr` is found
     inherited_from: str | None = None  # for an entry a plug-in inherits (`[[plugin]]`): the layer's name
 
@@ -218,6 +221,8 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger", origin: str 
                               f"component, condition and explanation are strings, sections a list of strings like \"7.4\"")
         if not isinstance(entry.get("reference", ""), str):
             raise LedgerError(f"{name}: reference has the wrong type; it is a string, the upstream issue's URL")
+        if not isinstance(entry.get("repro", ""), str):
+            raise LedgerError(f"{name}: repro has the wrong type; it is a string, a few lines of code")
         seen_on = entry.get("seen_on", {})
         if not isinstance(seen_on, dict) or not all(isinstance(v, str) for v in seen_on.values()):
             raise LedgerError(f"{name}: seen_on has the wrong type; it is a table of package versions, "
@@ -244,7 +249,8 @@ def parse(entries: list[Mapping[str, Any]], source: str = "ledger", origin: str 
                               f"\"gradients\" bounds them by a dtype (\"float32\") or a number of eps (\"3e5 eps\")")
         parsed.append(Deviation(entry["id"], entry["implementation"], entry["component"], entry["condition"],
                                 tuple(sections), entry["explanation"], bound, entry.get("reference"),
-                                dict(entry.get("seen_on", {})), scope, tuple(dict.fromkeys(parts)), origin))
+                                dict(entry.get("seen_on", {})), scope, tuple(dict.fromkeys(parts)),
+                                entry.get("repro"), origin))
     return parsed
 
 

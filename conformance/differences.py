@@ -50,7 +50,9 @@ def _cells_text(cells: Iterable[Mapping[str, Any]]) -> str:
                      for p, d in sorted(places.items()))
 
 
-def _upstream(reference: str | None) -> str:
+def _upstream(reference: str | None, repro: str | None = None) -> str:
+    if not reference and repro:
+        return "none found; an upstream-ready repro is in the entry (spec/deviations.toml)"
     if not reference:
         return "-"
     m = re.match(r"https://github\.com/([^/]+/[^/]+)/(?:issues|pull)/(\d+)", reference)
@@ -89,7 +91,7 @@ def render(ledger: Sequence[Deviation], cells: Sequence[Mapping[str, Any]]) -> s
         what = (d.explanation + (" The entry covers the gradients too." if "gradients" in d.parts else "")
                 + (f" (seen with {versions})" if versions else ""))
         lines.append(f"| `{d.implementation}` | {d.component} {sections} | {_cell(what)} | {_cell(where)} | "
-                     f"{_upstream(d.reference)} |")
+                     f"{_upstream(d.reference, d.repro)} |")
     if len(lines) == 2:
         lines.append("| - | - | no ledger entries | - | - |")
 
