@@ -16,6 +16,11 @@ budgets); one that passes is named beside the sections, as the likely cause:
 - a transposed weight: the outputs follow the reference with one square
   weight matrix transposed (an `(out, in)` layout read as `(in, out)`).
 
+A pattern counts only where it fits clearly: the outputs within `CLEAR` of
+their budget against the changed reference (a correct implementation of the
+changed layer reaches a tenth to a third), since where the example's budget is
+wide next to what the change does, a change may fit by chance.
+
 A failure inside a condition's region (a fully masked row) names that
 condition already (`Runner.inside_a_condition`); its meaning is added here.
 The checks run once per failing cell, on arrays already at hand.
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
     from conformance.engine import NonConformance, Runner
 
 Alternative = tuple[str, dict[str, Any], dict[str, Any]]  # (cause, weights, inputs)
+
+#: The largest error / budget against a changed reference that names it as the likely cause.
+CLEAR = 0.5
 
 
 def likely(runner: "Runner", example: Mapping[str, Any], failure: "NonConformance") -> str | None:
@@ -59,10 +67,12 @@ def likely(runner: "Runner", example: Mapping[str, Any], failure: "NonConformanc
         if not all(np.all(np.isfinite(v)) for v in outputs.values() if v is not None and np.asarray(v).dtype.kind == "f"):
             continue
         try:
-            runner.judge(example, inputs, Leeway(dtype=runner.dtype, reference=outputs, diagnostics=diagnostics))
+            outcome = runner.judge(example, inputs, Leeway(dtype=runner.dtype, reference=outputs,
+                                                           diagnostics=diagnostics))
         except NonConformance:
             continue
-        return cause
+        if outcome.ratio <= CLEAR:
+            return cause
     return None
 
 
@@ -74,13 +84,13 @@ def _forward(runner: "Runner") -> Callable[..., dict[str, Any]]:
 
 
 def _passes(runner: "Runner", example: Mapping[str, Any], inputs: Mapping[str, Any], leeway: Any) -> bool:
+    """Whether the outputs are clearly within their budgets under `leeway` (`CLEAR`)."""
     from conformance.engine import NonConformance
 
     try:
-        runner.judge(example, inputs, leeway)
+        return runner.judge(example, inputs, leeway).ratio <= CLEAR
     except NonConformance:
         return False
-    return True
 
 
 def alternatives(runner: "Runner", example: Mapping[str, Any], weights: Mapping[str, Any],
