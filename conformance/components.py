@@ -92,7 +92,11 @@ COMPONENTS = (
              ({"d_model": 2.5}, "d_model must be a positive integer, got 2.5"),
              ({"positional": "rotary"}, "positional must be one of learned, sinusoidal, got 'rotary'"),
              ({"scale": "yes"}, "scale must be True or False, got 'yes'")),
-        (Layer("keras.layers.Embedding", "keras", "impls.keras.builtin_layers:Embedding"),)),
+        (Layer("keras.layers.Embedding", "keras", "impls.keras.builtin_layers:Embedding"),
+         Layer("keras_hub.layers.TokenAndPositionEmbedding", "keras",
+               "impls.keras.keras_hub_layers:TokenAndPositionEmbedding", _KERAS_HUB),
+         Layer("keras_hub.layers.SinePositionEncoding", "keras", "impls.keras.keras_hub_layers:SinePositionEncoding",
+               _KERAS_HUB))),
     Component(
         "encoder_block", "impls.keras.encoder_block:EncoderBlock",
         MappingProxyType({"d_model": 4, "num_heads": 2, "d_head": 2, "d_ff": 8}),
@@ -107,7 +111,9 @@ COMPONENTS = (
          Layer("torch.nn.TransformerEncoder[nested]", "torch", "impls.torch.builtin_encoder:NestedTransformerEncoder"),
          Layer("keras.layers.LayerNormalization", "keras", "impls.keras.builtin_encoder:LayerNormalization"),
          Layer("transformers.BertLayer", "torch", "impls.torch.hf_transformers:BertLayerEager", _HF),
-         Layer("transformers.BertLayer[sdpa]", "torch", "impls.torch.hf_transformers:BertLayerSDPA", _HF))),
+         Layer("transformers.BertLayer[sdpa]", "torch", "impls.torch.hf_transformers:BertLayerSDPA", _HF),
+         Layer("keras_hub.layers.TransformerEncoder", "keras", "impls.keras.keras_hub_layers:TransformerEncoder",
+               _KERAS_HUB))),
     Component(
         "lstm_classifier", "impls.keras.lstm_classifier:LSTMClassifier",
         MappingProxyType({"d_in": 2, "hidden": 3, "num_layers": 1, "num_classes": 2}),

@@ -33,9 +33,23 @@ def forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs
             diagnostics: dict | None = None) -> dict[str, np.ndarray]:
     """§5.4 (post-norm) or §5.5 (pre-norm) in the dtype of the weights; §7: no dropout at inference. With
     `diagnostics`, also §8's error bounds, which the budgets scale by, per element."""
+    return _forward(config, weights, inputs, diagnostics)
+
+
+def biases_added_by_position(config: Mapping[str, Any], weights: Mapping[str, np.ndarray],
+                             inputs: Mapping[str, Any], diagnostics: dict | None = None) -> dict[str, np.ndarray]:
+    """The block whose attention adds its per-head biases along the positions when d_head = 1 and
+    T = num_heads > 1, as keras.layers.MultiHeadAttention does on TensorFlow (mha.biases_added_by_position):
+    the bound of the ledger's entries for layers built on it."""
+    return _forward(config, weights, inputs, diagnostics, bias_by_position=True)
+
+
+def _forward(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], inputs: Mapping[str, Any],
+             diagnostics: dict | None, bias_by_position: bool = False) -> dict[str, np.ndarray]:
     x = inputs["x"]  # (B, T, d_model)
     x_bound = None if diagnostics is None else np.zeros(x.shape)  # the reference's inputs are exact
-    y, attn, bounds = block(config, weights, x, x_bound, inputs.get("padding_mask"), diagnostics)
+    y, attn, bounds = block(config, weights, x, x_bound, inputs.get("padding_mask"), diagnostics,
+                            bias_by_position=bias_by_position)
     if bounds is not None:
         diagnostics["y_bound"], diagnostics["weights_bound"] = bounds.y, bounds.weights
     return {"y": y, "attention_weights": attn}
@@ -50,7 +64,7 @@ class Bounds(NamedTuple):
 
 
 def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.ndarray, x_bound: np.ndarray | None,
-          padding: np.ndarray | None, diagnostics: dict | None = None
+          padding: np.ndarray | None, diagnostics: dict | None = None, bias_by_position: bool = False
           ) -> tuple[np.ndarray, np.ndarray, Bounds | None]:
     """One block on `x`: (y, attention weights, their bounds). `x_bound` is how far `x` may already be off, in
     eps (§8; zero for a block on its own, what came before for a block in a stack); None computes no bounds.
@@ -59,6 +73,7 @@ def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.nd
     largest visible score and the largest of any as sums of the terms' sizes."""
     mask = None if padding is None else padding[:, None, :]  # (B, 1, T): padded keys hidden from every query, §6
     w = config, weights
+    attention = lambda v, v_bound: attention_bound(*w, v, v_bound, mask, diagnostics, bias_by_position)
 
     def norm(v, v_bound, i):  # §5.3
         gamma, beta = weights[f"gamma_{i}"], weights[f"beta_{i}"]
@@ -71,13 +86,13 @@ def block(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], x: np.nd
         return layer_norm(v, gamma, beta, config["epsilon"]), norm_bound(v, v_bound, gamma, beta, config["epsilon"])
 
     if config["norm"] == "post":  # §5.4
-        a, attn, a_bound, attn_bound = attention_bound(*w, x, x_bound, mask, diagnostics)
+        a, attn, a_bound, attn_bound = attention(x, x_bound)
         h, h_bound = norm(*residual(x, x_bound, a, a_bound), 1)
         f, f_bound = ffn.bound(config, weights, h, h_bound)
         y, y_bound = norm(*residual(h, h_bound, f, f_bound), 2)
     else:  # §5.5
         z, z_bound = norm(x, x_bound, 1)
-        a, attn, a_bound, attn_bound = attention_bound(*w, z, z_bound, mask, diagnostics)
+        a, attn, a_bound, attn_bound = attention(z, z_bound)
         h, h_bound = residual(x, x_bound, a, a_bound)
         f, f_bound = ffn.bound(config, weights, *norm(h, h_bound, 2))
         y, y_bound = residual(h, h_bound, f, f_bound)
@@ -137,15 +152,17 @@ def norm_statistics(v: np.ndarray, v_bound: np.ndarray | None, epsilon: float) -
 
 
 def attention_bound(config: Mapping[str, Any], weights: Mapping[str, np.ndarray], v: np.ndarray,
-                    v_bound: np.ndarray | None, mask: np.ndarray | None, diagnostics: dict | None = None
+                    v_bound: np.ndarray | None, mask: np.ndarray | None, diagnostics: dict | None = None,
+                    bias_by_position: bool = False
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """§5.1 and §8: self-attention on v, and the bounds of its output and weights by spec/mha.md §9."""
+    """§5.1 and §8: self-attention on v, and the bounds of its output and weights by spec/mha.md §9
+    (`bias_by_position`: as mha.biases_added_by_position)."""
     inputs = {"query": v, "key": v, "value": v, "attention_mask": mask}
     if v_bound is None:
-        out = mha.forward(config, weights, inputs)
+        out = (mha.biases_added_by_position if bias_by_position else mha.forward)(config, weights, inputs)
         return out["output"], out["attention_weights"], None, None
     return mha.attention_bound(config, weights, inputs, {"query": v_bound, "key": v_bound, "value": v_bound},
-                               {} if diagnostics is None else diagnostics)
+                               {} if diagnostics is None else diagnostics, bias_by_position=bias_by_position)
 
 
 # --- §11: gradients -------------------------------------------------------------------------------------
@@ -250,6 +267,13 @@ def padded_position(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> di
     mask = inputs.get("padding_mask")
     padded = np.zeros((example["B"], example["T"]), dtype=bool) if mask is None else ~np.asarray(mask, dtype=bool)
     return {"y": padded[:, :, None], "attention_weights": padded[:, None, :, None] | padded[:, None, None, :]}
+
+
+def per_head_bias_meets_positions(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    """§5.1: d_head = 1 and T = num_heads > 1, where the attention's per-head bias of shape (num_heads, 1) and
+    the positions of a projection have the same length (mha's condition of that name)."""
+    H = example["num_heads"]
+    return example["d_head"] == 1 and H > 1 and example["T"] == H
 
 
 def single_feature(example: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
