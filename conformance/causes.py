@@ -13,8 +13,9 @@ budgets); one that passes is named beside the sections, as the likely cause:
   negated (True read as "masked out");
 - a causal mask: the outputs follow the reference whose attention mask also
   hides later keys (a layer that makes itself causal when given no mask);
-- a transposed weight: the outputs follow the reference with one square
-  weight matrix transposed (an `(out, in)` layout read as `(in, out)`).
+- transposed weights: the outputs follow the reference with every square
+  weight matrix transposed, or one of them (an `(out, in)` layout read as
+  `(in, out)`).
 
 A pattern counts only where it fits clearly: the outputs within `CLEAR` of
 their budget against the changed reference (a correct implementation of the
@@ -110,8 +111,12 @@ def alternatives(runner: "Runner", example: Mapping[str, Any], weights: Mapping[
         mask = causal if current is None else np.asarray(current, dtype=bool) & causal
         yield ("a causal mask: the outputs follow the spec with later keys masked as well"
                + (" (no mask was given)" if current is None else ""), dict(weights), {**inputs, "attention_mask": mask})
-    for name, value in weights.items():
-        value = np.asarray(value)
-        if value.ndim == 2 and value.shape[0] == value.shape[1] > 1:
-            yield (f"a transposed weight: the outputs follow the spec with {name} transposed (an (out, in) "
-                   f"matrix read as (in, out))", {**weights, name: value.T.copy()}, dict(inputs))
+    square = [name for name, value in weights.items()
+              if np.ndim(value) == 2 and np.shape(value)[0] == np.shape(value)[1] > 1]
+    if len(square) > 1:  # a layout mistake made for every matrix at once
+        yield (f"transposed weights: the outputs follow the spec with {', '.join(square)} transposed ((out, in) "
+               f"matrices read as (in, out))", {**weights, **{n: np.asarray(weights[n]).T.copy() for n in square}},
+               dict(inputs))
+    for name in square:
+        yield (f"a transposed weight: the outputs follow the spec with {name} transposed (an (out, in) "
+               f"matrix read as (in, out))", {**weights, name: np.asarray(weights[name]).T.copy()}, dict(inputs))

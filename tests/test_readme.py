@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from conformance.cli import main
 
 
-def _example(root) -> str:
+def _example(root, name: str = "my_attention.py") -> str:
     text = (root / "README.md").read_text()
-    m = re.search(r"<!-- example: my_attention.py -->\n```python\n(.*?)```", text, re.S)
-    assert m, "README lost its plug-in example"
+    m = re.search(rf"<!-- example: {re.escape(name)} -->\n```python\n(.*?)```", text, re.S)
+    assert m, f"README lost its plug-in example {name}"
     return m[1]
+
+
+#: A post-norm block BertLayer can be, with padding: one example, replayed.
+BERT_EXAMPLE = ('{"d_model":6,"num_heads":2,"d_head":3,"d_ff":5,"activation":"gelu","norm":"post","epsilon":1e-05,'
+                '"dropout":0.1,"B":2,"T":4,"mask":"padding","scale_exp":0,"offset":0,"weight_exp":0,"seed":1}')
+
+
+def test_readme_library_plugin_is_short_and_conforms(root, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("transformers", reason="the example adapts Hugging Face Transformers' BertLayer")
+    code = _example(root, "my_bert_layer.py")
+    assert len([line for line in code.splitlines() if line.strip()]) < 30
+    (tmp_path / "my_bert_layer.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    argv = ["check", "encoder_block", "--impl", "my_bert_layer.py:MyBertLayer", "--dtype", "float64", "--dtype",
+            "float32", "--device", "cpu", "--mode", "eager", "--example", BERT_EXAMPLE]
+    assert main(argv) == 0
+    assert "2 conformant" in capsys.readouterr().out
+    # the layout helper left out: the square matrices go in transposed, and the failure says so
+    (tmp_path / "my_bert_layer.py").write_text(code.replace("plugin.linear(w[name])", "w[name].copy()"))
+    assert main([*argv[:-2], "--example", BERT_EXAMPLE.replace('"d_ff":5', '"d_ff":6')]) == 1
+    assert "likely cause: transposed weights: the outputs follow the spec with W_q, W_k, W_v, W_o, W_1, W_2" in capsys.readouterr().out
 
 
 def test_readme_plugin_example_conforms(root, tmp_path, monkeypatch, capsys):
