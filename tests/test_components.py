@@ -47,8 +47,9 @@ def test_every_spec_has_a_component_record_and_every_record_a_spec():
 def test_a_framework_layer_record_names_its_adapter_as_the_adapter_names_itself(component, layer):
     """The record lets the registry list a layer without importing its framework; the adapter's own `name`
     and `component` must agree with it."""
-    if importlib.util.find_spec(layer.framework) is None:
-        pytest.skip(f"{layer.framework} is not installed")
+    missing = [m for m in (layer.framework, *layer.requires) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed")
     module, _, cls = layer.target.partition(":")
     adapter = getattr(importlib.import_module(module), cls)
     assert (adapter.component, adapter.name, adapter.framework) == (component, layer.name, layer.framework)
