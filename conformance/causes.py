@@ -53,10 +53,10 @@ def likely(runner: "Runner", example: Mapping[str, Any], failure: "NonConformanc
         return None
     inside = [c for c in runner.spec.conditions.values() if f"only where {c.name} (" in failure.reason]
     if inside:
-        return f"{inside[0].name.replace('_', ' ')} ({inside[0].meaning})"
+        return inside[0].name.replace("_", " ")
     weights, inputs = last["weights"], last["inputs"]
     if runner.dtype == "float64" and _passes(runner, example, inputs, Leeway(dtype="float32")):
-        return "float64 computed at float32 accuracy (the outputs are within float32's budget)"
+        return "float64 computed at float32 accuracy"
     forward = _forward(runner)
     config = generate.layer_config(runner.spec, example)
     for cause, w, x in alternatives(runner, example, weights, inputs):
@@ -102,21 +102,19 @@ def alternatives(runner: "Runner", example: Mapping[str, Any], weights: Mapping[
     given = [m for m in masks if inputs.get(m) is not None]
     if given:
         flipped = {**inputs, **{m: ~np.asarray(inputs[m], dtype=bool) for m in given}}
-        yield (f"an inverted mask: the outputs follow the spec with {', '.join(given)} negated "
-               f"(True taken as \"masked out\")", dict(weights), flipped)
+        yield f"an inverted mask ({', '.join(given)} read with True as masked out)", dict(weights), flipped
     lengths = example.get("Lq", example.get("T")), example.get("Lk", example.get("T"))
     if "attention_mask" in masks and all(isinstance(n, int) for n in lengths):
         causal = np.tril(np.ones(lengths, dtype=bool))
         current = inputs.get("attention_mask")
         mask = causal if current is None else np.asarray(current, dtype=bool) & causal
-        yield ("a causal mask: the outputs follow the spec with later keys masked as well"
-               + (" (no mask was given)" if current is None else ""), dict(weights), {**inputs, "attention_mask": mask})
+        yield ("a causal mask (later keys masked too" + ("; no mask was given)" if current is None else ")"),
+               dict(weights), {**inputs, "attention_mask": mask})
     square = [name for name, value in weights.items()
               if np.ndim(value) == 2 and np.shape(value)[0] == np.shape(value)[1] > 1]
     if len(square) > 1:  # a layout mistake made for every matrix at once
-        yield (f"transposed weights: the outputs follow the spec with {', '.join(square)} transposed ((out, in) "
-               f"matrices read as (in, out))", {**weights, **{n: np.asarray(weights[n]).T.copy() for n in square}},
-               dict(inputs))
+        yield (f"transposed weights ({', '.join(square)} read as (out, in))",
+               {**weights, **{n: np.asarray(weights[n]).T.copy() for n in square}}, dict(inputs))
     for name in square:
-        yield (f"a transposed weight: the outputs follow the spec with {name} transposed (an (out, in) "
-               f"matrix read as (in, out))", {**weights, name: np.asarray(weights[name]).T.copy()}, dict(inputs))
+        yield (f"a transposed weight ({name} read as (out, in))", {**weights, name: np.asarray(weights[name]).T.copy()},
+               dict(inputs))

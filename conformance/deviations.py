@@ -91,7 +91,7 @@ REQUIRED = ("id", "implementation", "component", "condition", "sections", "expla
 SCOPES = {"dtypes": DTYPES, "backends": ("tensorflow", "torch", "jax"), "devices": DEVICES, "modes": MODES}
 #: What an entry may cover (`parts`): the outputs, and the gradient checks.
 PARTS = ("forward", "gradients")
-OPTIONAL = ("reference", "repro", "seen_on", *SCOPES, "parts")
+OPTIONAL = ("reference", "seen_on", *SCOPES, "parts", "repro")
 #: The fields of a `[[plugin]]` table: a plug-in that inherits the entries of the layer it is built on.
 PLUGIN_FIELDS = ("implementation", "component", "built_on")
 

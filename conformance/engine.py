@@ -847,10 +847,11 @@ def repro_command(component: str, impl: str, dtype: str, device: str, example: M
     (an object whose class has no importable name), a line saying so, with the Python call that replays it."""
     why = unreplayable(impl)
     if why is not None:
-        call = (f"conformance.check({component!r}, <the object>, dtypes=[{dtype!r}], devices=[{device!r}], "
-                f"modes=[{mode!r}]" + (f", example={json.dumps(dict(example), separators=(',', ':'))}"
-                                       if example is not None else "") + ")")
-        return f"no command replays it: {why}; in Python: {call}"
+        on = "" if device == "cpu" else f", devices=[{device!r}]"
+        call = (f"conformance.check({component!r}, obj, dtypes=[{dtype!r}], modes=[{mode!r}]{on}"
+                + (f", example={json.dumps(dict(example), separators=(',', ':'))}" if example is not None else "")
+                + ")")
+        return f"no command replays it ({why}); in Python: {call}"
     parts = ["conformance", "check", component, "--impl", impl, "--dtype", dtype, "--device", device,
              "--mode", mode]
     if example is not None:
@@ -874,7 +875,7 @@ def unreplayable(impl: str) -> str | None:
         found = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         found = None
-    return None if found is not None else f"no module {module!r} is importable by that name"
+    return None if found is not None else f"no module {module!r}"
 
 
 def run_cell(spec: Spec, impl: Registered, dtype: str, device: str, mode: str = "eager", *,

@@ -21,13 +21,10 @@ def _reason(target: str, dtype: str = "float32") -> str:
 
 
 @pytest.mark.parametrize("target, cause", [
-    ("wrong_mha.py:InvertedMask", "likely cause: an inverted mask: the outputs follow the spec with attention_mask "
-                                  "negated"),
-    ("wrong_mha.py:TransposedOutputProjection", "likely cause: a transposed weight: the outputs follow the spec "
-                                                "with W_o transposed"),
-    ("wrong_mha.py:UniformOnFullyMaskedRow", "likely cause: fully masked query row ("),
-    ("wrong_causes.py:CausalWhenUnmasked", "likely cause: a causal mask: the outputs follow the spec with later "
-                                           "keys masked as well (no mask was given)"),
+    ("wrong_mha.py:InvertedMask", "likely cause: an inverted mask (attention_mask read with True as masked out)"),
+    ("wrong_mha.py:TransposedOutputProjection", "likely cause: a transposed weight (W_o read as (out, in))"),
+    ("wrong_mha.py:UniformOnFullyMaskedRow", "likely cause: fully masked query row"),
+    ("wrong_causes.py:CausalWhenUnmasked", "likely cause: a causal mask (later keys masked too; no mask was given)"),
 ])
 def test_a_failure_that_fits_a_pattern_names_it(target, cause):
     reason = _reason(f"{HERE / target}")

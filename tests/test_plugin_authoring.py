@@ -46,16 +46,16 @@ def test_a_failure_of_a_class_defined_in_a_function_says_no_command_replays_it()
     with pytest.raises(AssertionError) as failed:
         assert_conformant("mha", Inverted, **CELL)
     message = str(failed.value)
-    assert "no command replays it: " in message and "is defined inside a function" in message
-    assert "conformance.check('mha', <the object>" in message and "--impl" not in message
+    assert "no command replays it (" in message and "is defined inside a function" in message
+    assert "conformance.check('mha', obj" in message and "--impl" not in message
 
 
 def test_a_repro_line_names_a_command_only_where_one_can_load_the_implementation(tmp_path):
     assert repro_command("mha", "torch", "float32", "cpu", None).startswith("conformance check mha --impl torch ")
     assert repro_command("mha", "wrong_mha:InvertedMask", "float32", "cpu", None).startswith(
-        "no command replays it: no module 'wrong_mha'") or "wrong_mha" in sys.modules
+        "no command replays it (no module 'wrong_mha')") or "wrong_mha" in sys.modules
     assert repro_command("mha", "__main__:Mine", "float32", "cpu", None).startswith(
-        "no command replays it: __main__:Mine is defined in a script run as __main__")
+        "no command replays it (__main__:Mine is defined in a script run as __main__)")
     assert "there is no file" in repro_command("mha", f"{tmp_path}/gone.py:A", "float32", "cpu", None)
 
 

@@ -34,7 +34,7 @@ def test_readme_library_plugin_is_short_and_conforms(root, tmp_path, monkeypatch
     # the layout helper left out: the square matrices go in transposed, and the failure says so
     (tmp_path / "my_bert_layer.py").write_text(code.replace("plugin.linear(w[name])", "w[name].copy()"))
     assert main([*argv[:-2], "--example", BERT_EXAMPLE.replace('"d_ff":5', '"d_ff":6')]) == 1
-    assert "likely cause: transposed weights: the outputs follow the spec with W_q, W_k, W_v, W_o, W_1, W_2" in capsys.readouterr().out
+    assert "likely cause: transposed weights (W_q, W_k, W_v, W_o, W_1, W_2 read as (out, in))" in capsys.readouterr().out
 
 
 def test_readme_plugin_example_conforms(root, tmp_path, monkeypatch, capsys):
