@@ -5,7 +5,7 @@ The verdicts come from one-example cells run in processes of their own, one per 
 (KERAS_BACKEND is fixed once per process): torch, where every layer conforms in float32 and only the
 encoder deviates in float64, and TensorFlow, where the encoder and SinePositionEncoding deviate in float64.
 The adapters are named by their targets (module:Class), which works whether or not the harness registers
-them, and so are the entries below (spec/deviations.toml would name the registered names).
+them, and so are the entries below: copies of spec/deviations.toml's, which name the registered names.
 """
 
 from __future__ import annotations
