@@ -14,7 +14,7 @@ is a spec, a reference, implementations and one record here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -59,7 +59,8 @@ _HF = ("transformers",)
 _KERAS_HUB = ("keras_hub",)
 _FLAX = ("flax",)
 _EQUINOX = ("equinox",)
-_ONNX = ("onnxruntime", "onnx", "onnxscript")
+_ONNX = ("onnxruntime", "onnx", "onnxscript")  # the dynamo exporter's translations are onnxscript's
+_ONNX_LEGACY = ("onnxruntime", "onnx")
 
 _MHA_ARGS = {"d_model": 4, "num_heads": 2, "d_head": 2, "dropout": 0.0}
 
@@ -158,6 +159,33 @@ COMPONENTS += (
          Layer("keras.Model[functional, saved and loaded]", "keras",
                "impls.keras.builtin_classifier:SavedFunctionalModel"))),
 )
+
+#: PyTorch implementations run through ONNX Runtime (impls/torch/onnx_runtime.py), per component: (the inner
+#: implementation's name, the target class for the dynamo exporter; its legacy exporter's adds "Legacy").
+ONNX_TARGETS = {
+    "mha": (("torch", "MhaOnnx"), ("torch.nn.MultiheadAttention", "MultiheadAttentionOnnx")),
+    "ffn": (("torch", "FfnOnnx"),),
+    "embedding": (("torch", "EmbeddingOnnx"),),
+    "encoder_block": (("torch", "EncoderBlockOnnx"),
+                      ("torch.nn.TransformerEncoderLayer", "TransformerEncoderLayerOnnx")),
+    "lstm_classifier": (("torch", "LstmClassifierOnnx"), ("torch.nn.LSTM", "LSTMClassifierOnnx")),
+    "lstm_seq2seq": (("torch", "LstmSeq2SeqOnnx"), ("torch.nn.LSTM", "LSTMSeq2SeqOnnx")),
+    "text_classifier": (("torch", "TextClassifierOnnx"),),
+}
+
+
+def _onnx_layers(component: str) -> tuple[Layer, ...]:
+    """The ONNX Runtime targets of a component: each inner implementation through each exporter, named
+    `inner[onnx]` and `inner[onnx, legacy]` (a bracketed name takes the tag inside its brackets)."""
+    def tagged(name: str, tag: str) -> str:
+        return f"{name[:-1]}, {tag}]" if name.endswith("]") else f"{name}[{tag}]"
+
+    return tuple(layer for inner, cls in ONNX_TARGETS.get(component, ()) for layer in (
+        Layer(tagged(inner, "onnx"), "torch", f"impls.torch.onnx_runtime:{cls}", _ONNX),
+        Layer(tagged(inner, "onnx, legacy"), "torch", f"impls.torch.onnx_runtime:{cls}Legacy", _ONNX_LEGACY)))
+
+
+COMPONENTS = tuple(replace(c, layers=c.layers + _onnx_layers(c.id)) for c in COMPONENTS)
 
 BY_ID = {c.id: c for c in COMPONENTS}
 

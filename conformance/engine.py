@@ -345,13 +345,15 @@ class Runner:
 
     def fresh(self, config: Mapping[str, Any]) -> Any:
         """A new instance for this layer config, for this use alone."""
-        reason = self.impl.unsupported_config(config)
+        reason = self.impl.unsupported_config(config, dtype=self.dtype)
         if reason is not None:
             raise ConfigUnsupported(reason)
         extra = {} if self.mode == "eager" else {"mode": self.mode}  # plug-ins without modes take no mode
         try:
             framework_setup(self.impl, self.dtype)
             return self.impl.load().build(dict(config), dtype=self.dtype, device=self.device, **extra)
+        except plugin.Unsupported as e:
+            raise ConfigUnsupported(str(e)) from None
         except Exception as e:
             raise NonConformance(f"build raised {_describe_exception(e)}") from None
 
@@ -364,7 +366,7 @@ class Runner:
         An example with `after` (a replay of such a failure) runs on a fresh instance after those examples."""
         self.progress(Event.EXAMPLE, point(example))
         config = generate.layer_config(self.spec, example)
-        reason = self.impl.unsupported_config(config, example)
+        reason = self.impl.unsupported_config(config, example, dtype=self.dtype)
         if reason is not None:  # before the arrays and the reference: a narrow layer rejects most draws
             raise ConfigUnsupported(reason)
         weights, inputs = generate.make_arrays(self.spec, example)
@@ -519,6 +521,8 @@ class Runner:
             got = instance({k: None if v is None else v.copy() for k, v in inputs.items()})
             if first:
                 self.compile_seconds += time.perf_counter() - start
+        except plugin.Unsupported as e:
+            raise ConfigUnsupported(str(e)) from None
         except Exception as e:
             raise NonConformance(f"raised {_describe_exception(e)}", narrow=True) from None
         finally:
@@ -1156,7 +1160,12 @@ def _run(runner: Runner, result: CellResult, *, max_examples: int, seed: int,
         groups = None
         if runner.pooled:
             if stratum not in pools:
-                pools[stratum] = generate.shape_groups(spec, strata[stratum], max(1, COMPILED_SHAPES // len(strata)), rng)
+                def supported(group: dict[str, Any]) -> bool:
+                    config = generate.layer_config(spec, group)
+                    return runner.impl.unsupported_config(config, dtype=runner.dtype) is None
+
+                pools[stratum] = generate.shape_groups(spec, strata[stratum], max(1, COMPILED_SHAPES // len(strata)),
+                                                       rng, accept=supported)
             groups = pools[stratum]
         failure: list[tuple[dict[str, Any], NonConformance, dict[str, Any]]] = []
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from hypothesis import strategies as st
@@ -72,14 +72,35 @@ def examples(spec: Spec, fixed: Mapping[str, Any] | None = None,
     return drawn.map(lambda d: {**d["group"], **{k: v for k, v in d.items() if k != "group"}})
 
 
-def shape_groups(spec: Spec, fixed: Mapping[str, Any], count: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """`count` settings of every layer and data parameter, uniform over their domains, with `fixed` as given."""
+def shape_groups(spec: Spec, fixed: Mapping[str, Any], count: int, rng: np.random.Generator,
+                 accept: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    """`count` settings of every layer and data parameter, uniform over their domains, with `fixed` as given.
+
+    With `accept` (the implementation's `supports`, say), only settings it accepts, drawn until `count` are
+    found or `SHAPE_TRIES` times `count` have been drawn; if none was accepted, the first `count` drawn (whose
+    examples the implementation then skips, each with its reason)."""
     def draw(param: Param) -> Any:
         domain = list(param.domain)
         return domain[int(rng.integers(len(domain)))]
 
-    return [{p.name: fixed[p.name] if p.name in fixed else draw(p) for p in spec.shape_params}
-            for _ in range(count)]
+    def group() -> dict[str, Any]:
+        return {p.name: fixed[p.name] if p.name in fixed else draw(p) for p in spec.shape_params}
+
+    if accept is None:
+        return [group() for _ in range(count)]
+    drawn = [group() for _ in range(count)]
+    kept = [g for g in drawn if accept(g)]
+    tries = count
+    while len(kept) < count and tries < SHAPE_TRIES * count:
+        g = group()
+        tries += 1
+        if accept(g):
+            kept.append(g)
+    return kept or drawn
+
+
+#: How many draws per wanted setting `shape_groups` makes before it settles for fewer.
+SHAPE_TRIES = 200
 
 
 def layer_config(spec: Spec, example: Mapping[str, Any]) -> dict[str, Any]:

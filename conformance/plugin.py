@@ -23,7 +23,12 @@ functions do its usual parts:
   torch's default dtype for the tensors a layer makes itself;
 - `inference(model)`: evaluation mode, so that dropout is off and nothing
   is updated (`eval()` for torch and Flax NNX modules,
-  `eqx.nn.inference_mode` for Equinox, `trainable = False` for Keras).
+  `eqx.nn.inference_mode` for Equinox, `trainable = False` for Keras);
+- `Unsupported(reason)`: what `build` or a call raises for an example it
+  cannot express in a way `supports` could not tell beforehand (a runtime
+  without a kernel for the dtype, found when the graph loads). The harness
+  skips the example with the reason and counts it, as it does one that
+  `supports` refuses; any other exception is a failure.
 
 Each framework is imported only when a helper that needs it is called.
 """
@@ -35,6 +40,10 @@ from typing import Any
 import numpy as np
 
 from conformance.vocabulary import numpy_dtype
+import impls
+
+#: What `build` or a call raises for an example it cannot express, found only when it runs (module doc).
+Unsupported = impls.Unsupported
 
 #: Frameworks `setup` knows, and what it does for each.
 SETUP = {
@@ -48,6 +57,7 @@ SETUP = {
 
 #: The canonical gate order of spec/lstm_classifier.md §3 (and lstm_seq2seq's).
 CANONICAL_GATES = "ifgo"
+
 
 
 def linear(W: np.ndarray) -> np.ndarray:

@@ -106,16 +106,19 @@ class Registered:
                              f"subset of the spec's: {', '.join(spec_outputs)}")
         return tuple(declared)
 
-    def unsupported_config(self, config: Mapping[str, Any], example: Mapping[str, Any] | None = None) -> str | None:
+    def unsupported_config(self, config: Mapping[str, Any], example: Mapping[str, Any] | None = None,
+                           dtype: str | None = None) -> str | None:
         """Why this implementation cannot run `config` (or, where its `supports` takes the example too, this
         example: its data parameters such as the mask kind and the lengths), or None when it can (or does not
-        say). Without an example, a `supports` that wants one is not asked (the example was, before)."""
+        say). Without an example, a `supports` that wants one is not asked (the example was, before). A
+        `supports` with a `dtype` keyword is told the cell's dtype."""
         supports = getattr(self.load(), "supports", None)
         if not callable(supports):
             return None
+        kwargs = {"dtype": dtype} if dtype is not None and _takes_dtype(supports) else {}
         if _takes_example(supports):
-            return None if example is None else supports(config, dict(example))
-        return supports(config)
+            return None if example is None else supports(config, dict(example), **kwargs)
+        return supports(config, **kwargs)
 
     def compiles_per_shape(self, mode: str) -> bool:
         """Whether each new input shape costs a compilation in `mode`: by default, in the compiled mode only."""
@@ -217,8 +220,19 @@ def _takes_example(supports: Any) -> bool:
         parameters = list(inspect.signature(supports).parameters.values())
     except (TypeError, ValueError):
         return False
-    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "dtype"]
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
+def _takes_dtype(supports: Any) -> bool:
+    """Whether `supports` takes a `dtype` keyword."""
+    import inspect
+
+    try:
+        parameter = inspect.signature(supports).parameters.get("dtype")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
 
 
 class _Neighbours:

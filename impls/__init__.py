@@ -25,7 +25,10 @@ and optionally:
                                    # the whole drawn example too (its data parameters: mask kind,
                                    # B, T, ...), for a limit on the data rather than the layer. A
                                    # cell shows how many it skipped, and warns when fewer examples
-                                   # ran than were asked for
+                                   # ran than were asked for. A `dtype` keyword, if it takes one, is
+                                   # told the cell's dtype. What shows only when the layer runs is
+                                   # `raise impls.Unsupported(reason)` from build or a call (also
+                                   # conformance.plugin.Unsupported): skipped the same way
     compiles_per_shape(mode) -> bool
                                    # whether each new input shape costs a compilation in `mode`;
                                    # defaults to True for "compiled", False for "eager". Keras on
@@ -102,6 +105,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+
+class Unsupported(Exception):
+    """Raised by `build` or a call: this example cannot be expressed here (a runtime without a kernel for the
+    dtype, an exporter without a translation), found only when the layer runs; the harness skips the example
+    with the reason, as one `supports` refuses."""
 
 
 def numpy_dtype(name: str) -> np.dtype:

@@ -57,7 +57,7 @@ def test_missing_framework_is_listed_as_unavailable(monkeypatch, capsys):
     (["check", "mha", "--impl", "numpy", "--examples", "0"], "--examples must be at least 1"),
     (["check", "mha", "--impl", "numpy", "--example", "{"], "--example is not valid JSON"),
     (["check", "mha", "--impl", "numpy", "--example", '{"seed": 1}'], "--example lacks d_model"),
-    (["run", "--framework", "tensorflw"], "unknown framework 'tensorflw'; known: equinox, flax, keras, keras_hub, numpy, torch, transformers"),
+    (["run", "--framework", "tensorflw"], "unknown framework 'tensorflw'; known: equinox, flax, keras, keras_hub, numpy, onnxruntime, torch, transformers"),
 ])
 def test_usage_errors_exit_2_naming_the_choices(argv, message, capsys):
     assert main(argv) == 2

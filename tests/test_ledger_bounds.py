@@ -63,9 +63,9 @@ class AsRecorded:
         elif kind == deviations.BoundKind.DTYPE:  # the whole computation in the coarser dtype
             coarse = entry.bound.value
             outputs = reference(config, generate.cast(weights, coarse), generate.cast(inputs, coarse))
-        elif kind == deviations.BoundKind.EPS:  # every element off by half the eps allowed
+        elif kind == deviations.BoundKind.EPS:  # every element off by half the eps allowed at its own scale
             for name, (scale, _) in self.spec.budgets.items():
-                size = np.max(evaluate(scale, {**config, **diagnostics, **dtype_constants(dtype)}))
+                size = np.asarray(evaluate(scale, {**config, **diagnostics, **dtype_constants(dtype)}))
                 outputs[name] = outputs[name] + 0.5 * entry.bound.value * tolerances.EPS[dtype] * size
         else:  # like NAME: the entry's model of the deviation
             outputs = conditions.reference_function(entry.component, entry.bound.value)(config, wide(weights),

@@ -75,6 +75,36 @@ def test_supports_sees_the_example_and_the_cell_shows_what_it_skipped():
         assert f"warning: {cell.examples} of the {cell.examples_asked} examples asked for ran" in line
 
 
+class NarrowInFloat64(wrong_mha.Correct):
+    """A limit that depends on the dtype: `supports` is told the cell's dtype when it takes a `dtype` keyword."""
+
+    def supports(self, config, dtype=None):
+        return "d_model <= 4 only in float64" if dtype == "float64" and config["d_model"] > 4 else None
+
+
+def test_supports_with_a_dtype_keyword_is_told_the_cells_dtype():
+    wide, = check("mha", NarrowInFloat64, **{**CELL, "dtypes": ["float64"]})
+    assert wide.verdict == "conformant" and wide.skipped > 0 and wide.skip_reason == "d_model <= 4 only in float64"
+    narrow, = check("mha", NarrowInFloat64, **CELL)  # float32: nothing skipped
+    assert narrow.verdict == "conformant" and narrow.skipped == 0
+
+
+class NoKernelForRandomMasks(wrong_mha.Correct):
+    """Finds out only when called that it cannot run a random mask (a runtime without the kernel, say)."""
+
+    def forward(self, config, weights, inputs):
+        mask = inputs.get("attention_mask")
+        if mask is not None and mask.ndim == 3 and mask.shape[1] > 1:  # (B, Lq, Lk): random
+            raise plugin.Unsupported("no kernel for a random mask")
+        return super().forward(config, weights, inputs)
+
+
+def test_unsupported_raised_by_a_call_skips_the_example_with_its_reason():
+    cell, = check("mha", NoKernelForRandomMasks, **CELL)
+    assert cell.verdict == "conformant" and cell.skipped > 0 and cell.skip_reason == "no kernel for a random mask"
+    assert cell.examples > 0  # the other examples ran
+
+
 def test_a_plugin_file_named_like_a_module_a_library_looks_for_shadows_nothing(tmp_path):
     # JAX imports `jax_plugins` when it starts; a plug-in file of that name must not be it
     (tmp_path / "jax_plugins.py").write_text(
