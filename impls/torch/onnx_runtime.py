@@ -49,9 +49,14 @@ the legacy exporter (2-core CPU, torch 2.13, mha: 2-4 s with dynamic axes
 once the exporter's tables are built, `_torchlib_registry_once`; 0.2 s
 legacy), so the dynamo targets say that each new layer config or shape costs
 one (`compiles_per_shape`) and the harness draws a few per cell, among the
-configs the layer accepts. ONNX
-Runtime has no float64 LSTM kernel, so the targets of torch.nn.LSTM run in
-float32 only.
+configs the layer accepts.
+
+What ORT or an exporter cannot run is skipped, with the reason, not failed:
+ORT has no float64 LSTM kernel, so the targets of torch.nn.LSTM run in
+float32 only; it has no float64 Erf, so `supports` (told the dtype) refuses
+the exact GELU in float64; another kernel found missing when a graph loads,
+or an exporter's "Unsupported type", raises `impls.Unsupported` for the
+example (and, for a missing kernel, for its config from then on).
 """
 
 from __future__ import annotations
