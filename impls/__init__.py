@@ -103,6 +103,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -155,3 +156,46 @@ class FrameworkLayer:
 
     dtypes = ("float64", "float32")
     modes = ("eager",)
+
+
+def jax_compilation_cache() -> dict[str, Any]:
+    """Switch on JAX's persistent compilation cache unless CONFORMANCE_CACHE_DIR is "off"; what to record.
+
+    JAX decides on its cache at its first compilation, so this runs at import.
+    By default JAX caches only programs that took a second or more to compile;
+    on a CPU nearly every program here is quicker (each operation of an eager
+    call is a program of its own), so both thresholds are lowered to nothing.
+    CONFORMANCE_CACHE_DIR decides, over JAX_COMPILATION_CACHE_DIR, so that
+    results name one place. The cache keys a program on its HLO, the compile
+    options, the flags and the versions of jax and jaxlib, so a hit cannot
+    change a result.
+    """
+    import jax
+
+    folder = compilation_cache_dir("jax")
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return {"compilation_cache": "off"}
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return {"compilation_cache": jax.config.jax_compilation_cache_dir,
+            "jax_persistent_cache_min_compile_time_secs": jax.config.jax_persistent_cache_min_compile_time_secs}
+
+
+def count_jax_compilations(counts: Any) -> None:
+    """Count JAX's compilations into `counts` (a Counter) from its monitoring events: "graphs", the XLA
+    programs compiled or loaded from the persistent cache, and "cache_hits", those loaded. Once per process and
+    counter (impls.keras on JAX and impls.jax keep one each)."""
+    import jax
+
+    def on_duration(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":  # compiled, or loaded from the cache
+            counts["graphs"] += 1
+
+    def on_event(event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            counts["cache_hits"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)

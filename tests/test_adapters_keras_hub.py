@@ -1,11 +1,11 @@
 """KerasHub's own layers as implementations (impls/keras/keras_hub_layers.py): their converters, what they refuse,
-and their verdicts, with the ledger entries proposed for them.
+and their verdicts, with the built-in ledger's entries for them.
 
 The verdicts come from one-example cells run in processes of their own, one per Keras backend
 (KERAS_BACKEND is fixed once per process): torch, where every layer conforms in float32 and only the
 encoder deviates in float64, and TensorFlow, where the encoder and SinePositionEncoding deviate in float64.
 The adapters are named by their targets (module:Class), which works whether or not the harness registers
-them, and so are the entries below: copies of spec/deviations.toml's, which name the registered names.
+them, and so are spec/deviations.toml's entries for them in these cells (`CELLS` renames them).
 """
 
 from __future__ import annotations
@@ -39,56 +39,7 @@ LEARNED_EMBEDDING = {"vocab_size": 7, "d_model": 5, "max_len": 8, "positional": 
                      "B": 2, "T": 4, "scale_exp": 0, "seed": 1}
 SINE_EMBEDDING = {**LEARNED_EMBEDDING, "positional": "sinusoidal", "scale": True, "T": 6}
 
-#: The entries proposed for spec/deviations.toml, naming the adapters by target (the repro lines are left out).
-PROPOSED = """
-[[deviation]]
-id = "keras-hub-transformer-encoder-float64-in-float32"
-implementation = "impls.keras.keras_hub_layers:TransformerEncoder"
-component = "encoder_block"
-condition = "always"
-sections = ["5.2", "5.3"]
-bound = "float32"
-explanation = "Layer norms (and on torch the Dense products) compute float64 in float32."
-backends = ["torch", "jax"]
-dtypes = ["float64"]
-parts = ["forward", "gradients"]
-
-[[deviation]]
-id = "keras-hub-transformer-encoder-tensorflow-float64-constants"
-implementation = "impls.keras.keras_hub_layers:TransformerEncoder"
-component = "encoder_block"
-condition = "always"
-sections = ["5.1", "5.2"]
-bound = "float32"
-explanation = "On TensorFlow 1 / sqrt(d_head) and gelu's 1 / sqrt(2) reach float64 through float32."
-backends = ["tensorflow"]
-dtypes = ["float64"]
-parts = ["forward", "gradients"]
-
-[[deviation]]
-id = "keras-hub-sine-position-encoding-tensorflow-float64-wavelength"
-implementation = "impls.keras.keras_hub_layers:SinePositionEncoding"
-component = "embedding"
-condition = "always"
-sections = ["6.5"]
-bound = "float32"
-explanation = "On TensorFlow 1 / max_wavelength reaches float64 through float32."
-backends = ["tensorflow"]
-dtypes = ["float64"]
-
-[[deviation]]
-id = "keras-hub-sine-position-encoding-jax-float64-sin"
-implementation = "impls.keras.keras_hub_layers:SinePositionEncoding"
-component = "embedding"
-condition = "always"
-sections = ["6.5"]
-bound = "float32"
-explanation = "On JAX keras.ops.sin and keras.ops.cos return float32 for float64."
-backends = ["jax"]
-dtypes = ["float64"]
-"""
-
-#: (case, component, target, dtype, example, whether the proposed entries apply) per backend, and what each
+#: (case, component, target, dtype, example, whether the ledger entries apply) per backend, and what each
 #: gives: (forward verdict, gradient verdict, the entry it deviates under or None). A one-example cell checks
 #: the gradients only where the forward pass followed the spec ("not-checked" otherwise); the entries' gradient
 #: parts were seen covering deviating gradients on drawn examples (conformance check --profile dev).
@@ -134,18 +85,22 @@ EXPECTED = {
 }
 
 CELLS = """
-import json, sys, tomllib
+import dataclasses, json, sys
 from pathlib import Path
 from conformance import deviations
+from conformance.components import COMPONENTS
 from conformance.engine import run_cell
 from conformance.spec import load_spec
 from conformance.registry import resolve
 
-proposed = deviations.parse(tomllib.loads(sys.argv[2])["deviation"])
+# the built-in ledger's entries for KerasHub's layers, named by the adapters' targets as the cells name them
+targets = {(c.id, layer.name): layer.target for c in COMPONENTS for layer in c.layers}
+entries = [dataclasses.replace(d, implementation=targets[(d.component, d.implementation)])
+            for d in deviations.load() if d.implementation.startswith("keras_hub.")]
 for case, component, target, dtype, example, with_entries in json.loads(sys.argv[1]):
     spec = load_spec(Path("spec") / f"{component}.md")
     cell = run_cell(spec, resolve(component, target), dtype, "cpu", example=example,
-                    ledger=proposed if with_entries else [])
+                    ledger=entries if with_entries else [])
     g = cell.gradients or {}
     print(json.dumps([case, cell.backend, cell.verdict, g.get("verdict"), cell.deviation, cell.max_ratio,
                       g.get("max_ratio"), cell.reason]))
@@ -155,7 +110,7 @@ for case, component, target, dtype, example, with_entries in json.loads(sys.argv
 def run_cases(backend: str) -> dict[str, list]:
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"Keras backend {backend} is not installed")
-    proc = subprocess.run([sys.executable, "-c", CELLS, json.dumps(CASES[backend]), PROPOSED], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", CELLS, json.dumps(CASES[backend])], cwd=ROOT,
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -165,7 +120,7 @@ def run_cases(backend: str) -> dict[str, list]:
 @pytest.mark.parametrize("backend", list(CASES))
 def test_verdicts_on_one_example_each(backend):
     """Conformant where the spec holds (forward and gradients within a tenth of their budgets); elsewhere
-    non-conformant without the entries and a known deviation under exactly the entry proposed for it."""
+    non-conformant without the entries and a known deviation under exactly the entry for it."""
     seen = run_cases(backend)
     got = {case: tuple(row[1:4]) for case, row in seen.items()}
     assert got == EXPECTED[backend], {case: seen[case][-1] for case in got if got[case] != EXPECTED[backend][case]}

@@ -5,7 +5,7 @@ without it, so this module switches it on at import, before any array is
 made (the flag is global: it holds for the whole process). Matmuls are
 pinned to full float32 precision (no TF32 on GPUs), and JAX's persistent
 compilation cache is switched on in the folder that Keras on JAX uses too
-(`impls.compilation_cache_dir("jax")`).
+(`impls.jax_compilation_cache`).
 
 An adapter describes its layer as a pure function of the canonical weights
 and the inputs, `forward(weights, inputs) -> tuple of outputs`, that builds
@@ -29,7 +29,7 @@ jax.config.update("jax_enable_x64", True)  # before any array: float64 cells com
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from impls import FrameworkLayer, compilation_cache_dir  # noqa: E402
+from impls import FrameworkLayer, count_jax_compilations, jax_compilation_cache  # noqa: E402
 
 #: A pure forward pass: (canonical weights, inputs), both dicts of JAX arrays (None for an absent input) ->
 #: the outputs in the order the adapter declares them.
@@ -40,34 +40,9 @@ Forward = Callable[[Mapping[str, Any], Mapping[str, Any]], tuple]
 COUNTS: collections.Counter = collections.Counter()
 
 
-def _compilation_cache() -> dict[str, Any]:
-    """Switch on JAX's persistent cache unless CONFORMANCE_CACHE_DIR is "off" (as impls.keras does on JAX)."""
-    folder = compilation_cache_dir("jax")
-    if folder is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return {"compilation_cache": "off"}
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # on a CPU nearly every program
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # compiles in well under a second
-    return {"compilation_cache": str(folder)}
-
-
-def _count_compilations() -> None:
-    def on_duration(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            COUNTS["graphs"] += 1
-
-    def on_event(event: str, **kwargs: Any) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            COUNTS["cache_hits"] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(on_duration)
-    jax.monitoring.register_event_listener(on_event)
-
-
 jax.config.update("jax_default_matmul_precision", "highest")
-CACHE = _compilation_cache()
-_count_compilations()
+CACHE = jax_compilation_cache()  # as impls.keras does on JAX: the same folder
+count_jax_compilations(COUNTS)
 
 
 def devices() -> list[str]:

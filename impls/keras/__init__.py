@@ -25,7 +25,7 @@ import os
 import warnings
 from typing import Any, Callable, Mapping
 
-from impls import compilation_cache_dir
+from impls import compilation_cache_dir, count_jax_compilations, jax_compilation_cache
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
 
@@ -34,31 +34,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 JAX_COUNTS: collections.Counter = collections.Counter()
 #: What `jax_compilation_cache` or `tensorflow_compilation_cache` set, for the environment; empty on torch.
 CACHE: dict[str, Any] = {}
-
-
-def jax_compilation_cache() -> dict[str, Any]:
-    """Switch on JAX's persistent compilation cache unless CONFORMANCE_CACHE_DIR is "off"; what to record.
-
-    JAX decides on its cache at its first compilation, so this runs at import.
-    By default JAX caches only programs that took a second or more to compile;
-    on a CPU nearly every program here is quicker (each operation of an eager
-    call is a program of its own), so both thresholds are lowered to nothing.
-    CONFORMANCE_CACHE_DIR decides, over JAX_COMPILATION_CACHE_DIR, so that
-    results name one place. The cache keys a program on its HLO, the compile
-    options, the flags and the versions of jax and jaxlib, so a hit cannot
-    change a result.
-    """
-    import jax
-
-    folder = compilation_cache_dir("jax")
-    if folder is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return {"compilation_cache": "off"}
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    return {"compilation_cache": jax.config.jax_compilation_cache_dir,
-            "jax_persistent_cache_min_compile_time_secs": jax.config.jax_persistent_cache_min_compile_time_secs}
 
 
 def tensorflow_compilation_cache() -> dict[str, Any]:
@@ -81,28 +56,12 @@ def tensorflow_compilation_cache() -> dict[str, Any]:
     return {"compilation_cache": str(folder)}
 
 
-def _count_jax_compilations() -> None:
-    """Count JAX's compilations and persistent-cache hits from its monitoring events, once per process."""
-    import jax
-
-    def on_duration(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":  # compiled, or loaded from the cache
-            JAX_COUNTS["graphs"] += 1
-
-    def on_event(event: str, **kwargs: Any) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            JAX_COUNTS["cache_hits"] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(on_duration)
-    jax.monitoring.register_event_listener(on_event)
-
-
 if os.environ.get("KERAS_BACKEND") == "jax":
     import jax
 
     jax.config.update("jax_enable_x64", True)
     CACHE.update(jax_compilation_cache())
-    _count_jax_compilations()
+    count_jax_compilations(JAX_COUNTS)
 elif os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
     CACHE.update(tensorflow_compilation_cache())
 
